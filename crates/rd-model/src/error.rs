@@ -1,0 +1,22 @@
+//! Errors of the model crate.
+
+use rd_backbone::BackboneError;
+
+/// Anything that can go wrong building, loading, running or training the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Teacher construction or weight loading failed.
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+
+    /// The parts do not fit together (e.g. a teacher of another backbone).
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with [`ModelError`].
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,43 @@
+//! The trainable half of Reverse Distillation: OCBE bottleneck, reversed-ResNet decoder, the loss
+//! and the optimiser, assembled with the frozen teacher into [`ReverseDistillation`].
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use rd_anomaly_map::MapMode;
+//! use rd_backbone::{Backbone, Teacher};
+//! use rd_model::{ModelConfig, ReverseDistillation, Student, Variant};
+//!
+//! # fn main() -> rd_model::Result<()> {
+//! let dev = Device::Cpu;
+//! let config = ModelConfig {
+//!     backbone: Backbone::Resnet18,
+//!     variant: Variant::Anomalib,
+//!     image_size: (64, 64),
+//!     map_mode: MapMode::Add,
+//! };
+//! let teacher = Teacher::seeded(config.backbone, 0, &dev)?;
+//! let student = Student::seeded(config.backbone, config.variant, 1, &dev)?;
+//! let model = ReverseDistillation::new(config, teacher, student)?;
+//! let x = Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &dev)?;
+//! let maps = model.anomaly_maps(&x)?;
+//! assert_eq!(maps.map.dims(), &[1, 1, 64, 64]);
+//! # Ok(()) }
+//! ```
+
+mod adam;
+mod decoder;
+mod error;
+mod loss;
+mod model;
+mod ocbe;
+mod train;
+mod variant;
+
+pub use adam::{Adam, AdamConfig};
+pub use decoder::{Decoder, Deconv2x2};
+pub use error::{ModelError, Result};
+pub use loss::{rd_loss, Loss};
+pub use model::{Features, ModelConfig, ReverseDistillation, Student};
+pub use ocbe::Ocbe;
+pub use train::Trainer;
+pub use variant::Variant;

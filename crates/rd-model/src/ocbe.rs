@@ -1,0 +1,74 @@
+//! The one-class bottleneck embedding: multi-scale fusion plus a ResNet layer (SPEC §2.2).
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, VarBuilder};
+use rd_backbone::layers::{batch_norm, Conv2d, ResLayer};
+use rd_backbone::{Backbone, FeatureMaps};
+
+use crate::Variant;
+
+/// OCBE: fuses layer1..3 teacher features into one `[B, 512e, H/32, W/32]` embedding.
+#[derive(Debug, Clone)]
+pub struct Ocbe {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Conv2d,
+    bn3: BatchNorm,
+    bn_layer: ResLayer,
+}
+
+impl Ocbe {
+    /// Builds the OCBE under anomalib's names (`conv1..4`, `bn1..4`, `bn_layer.*`).
+    ///
+    /// `conv4`/`bn4` are created (so checkpoints round-trip and parameter counts match anomalib)
+    /// but, as in anomalib and the official code, never used.
+    pub fn new(vb: VarBuilder, backbone: Backbone, variant: Variant) -> Result<Self> {
+        let kind = backbone.block();
+        let e = kind.expansion();
+        let conv1 = Conv2d::k3(vb.pp("conv1"), 64 * e, 128 * e, 2)?;
+        let bn1 = batch_norm(vb.pp("bn1"), 128 * e)?;
+        let conv2 = Conv2d::k3(vb.pp("conv2"), 128 * e, 256 * e, 2)?;
+        let bn2 = batch_norm(vb.pp("bn2"), 256 * e)?;
+        let conv3 = Conv2d::k3(vb.pp("conv3"), 128 * e, 256 * e, 2)?;
+        let bn3 = batch_norm(vb.pp("bn3"), 256 * e)?;
+        Conv2d::k1(vb.pp("conv4"), 1024 * e, 512 * e, 1)?;
+        batch_norm(vb.pp("bn4"), 512 * e)?;
+        let bn_layer = ResLayer::new(
+            vb.pp("bn_layer"),
+            kind,
+            3 * 256 * e,
+            512,
+            variant.ocbe_blocks(backbone),
+            2,
+            variant.ocbe_base_width(backbone),
+        )?;
+        Ok(Ocbe {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            conv3,
+            bn3,
+            bn_layer,
+        })
+    }
+
+    /// The embedding of teacher features; `train` selects batch-statistics BatchNorm.
+    pub fn forward_t(&self, f: &FeatureMaps, train: bool) -> Result<Tensor> {
+        let l1 = self
+            .conv1
+            .forward(&f[0])?
+            .apply_t(&self.bn1, train)?
+            .relu()?;
+        let l1 = self.conv2.forward(&l1)?.apply_t(&self.bn2, train)?.relu()?;
+        let l2 = self
+            .conv3
+            .forward(&f[1])?
+            .apply_t(&self.bn3, train)?
+            .relu()?;
+        let fused = Tensor::cat(&[&l1, &l2, &f[2]], 1)?;
+        self.bn_layer.forward_t(&fused, train)
+    }
+}

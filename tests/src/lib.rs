@@ -1,0 +1,53 @@
+//! Shared helpers for the workspace-level tests: locating the reference fixtures in `$RD_SHARED`.
+//!
+//! Fixtures are made by anomalib itself and live beside the repository (`../shared`), never in it.
+//! A test that needs them calls [`fixture_dir`]; on a user's fresh clone (no `shared/`) the test is
+//! skipped with a printed reason, while CI sets `RD_REQUIRE_SHARED=1` so a missing fixture fails.
+
+use std::path::{Path, PathBuf};
+
+/// The shared reference folder: `$RD_SHARED`, else `shared/` beside the repository root.
+pub fn shared_root() -> PathBuf {
+    match std::env::var_os("RD_SHARED") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("..")
+            .join("shared"),
+    }
+}
+
+/// Whether a missing fixture must fail the test instead of skipping it (`RD_REQUIRE_SHARED=1`).
+pub fn shared_required() -> bool {
+    std::env::var("RD_REQUIRE_SHARED").is_ok_and(|v| v == "1")
+}
+
+/// The sub-folders of `$RD_SHARED/<kind>` (e.g. `parity`, `metrics`), sorted; each is one case.
+///
+/// Returns `None` (after printing why) when the folder is absent and fixtures are not required;
+/// panics when they are required, so CI cannot pass by skipping.
+pub fn fixture_cases(kind: &str) -> Option<Vec<PathBuf>> {
+    let dir = shared_root().join(kind);
+    let cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            let mut v: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    if cases.is_empty() {
+        let why = format!(
+            "no fixture cases in {} (set RD_SHARED to the shared reference folder)",
+            dir.display()
+        );
+        if shared_required() {
+            panic!("RD_REQUIRE_SHARED=1 but {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(cases)
+}
