@@ -76,7 +76,7 @@ mod tests {
         let s: f32 = b.kernel().iter().sum();
         assert!((s - 1.0).abs() < 1e-6);
         assert!(
-            (b.kernel()[16] - 0.099_735_57).abs() < 1e-6,
+            (b.kernel()[16] - 0.099_739_1).abs() < 1e-6, // 1 / Σ exp(−x²/32), x = −16..16
             "{}",
             b.kernel()[16]
         );

@@ -77,7 +77,7 @@ pub enum BackboneError {
 
     /// No teacher weights were found anywhere we looked.
     #[error(
-        "no pretrained weights for {id}: wanted `{file}` from the Hugging Face repository `{repo}`; \
+        "no pretrained weights for {id}: wanted `model.safetensors` from the Hugging Face repository `{repo}`; \
          looked in the cache at {cache} (not there); {download}. \
          Pass a local file instead (e.g. `--teacher-weights model.safetensors`), or fetch it on a \
          machine with internet with `cargo xtask download weights {id}` and copy the cache folder"
@@ -87,8 +87,6 @@ pub enum BackboneError {
         id: String,
         /// The repository id, `timm/<model>.<tag>`.
         repo: String,
-        /// The file name in the repository.
-        file: String,
         /// The cache folder searched.
         cache: PathBuf,
         /// What happened to the download attempt.

@@ -2,8 +2,8 @@
 //!
 //! Names follow torchvision (`conv1`, `bn1`, `downsample.0`, …) so weights load without renaming.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
 
 use crate::arch::BlockKind;
 use crate::params::CONV_INIT;
@@ -57,20 +57,97 @@ impl Module for Conv2d {
 }
 
 /// `nn.BatchNorm2d(c)` with PyTorch's eps 1e-5 and momentum 0.1.
-pub fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
-    candle_nn::batch_norm(channels, 1e-5, vb)
+pub fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm2d> {
+    Ok(BatchNorm2d {
+        weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+        bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+        running_mean: vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?,
+        running_var: vb.get_with_hints(channels, "running_var", Init::Const(1.0))?,
+    })
+}
+
+/// BatchNorm over NCHW maps, as PyTorch computes it on the CPU.
+///
+/// In training mode the batch mean and variance are accumulated in f64, like PyTorch's CPU kernel
+/// (its accumulator type for f32 is double): deep decoders trained on small batches amplify
+/// rounding in these statistics, and f32 sums drift visibly from PyTorch's outputs.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl BatchNorm2d {
+    const EPS: f64 = 1e-5;
+    const MOMENTUM: f64 = 0.1;
+
+    fn affine(&self, x: &Tensor, mean: &Tensor, invstd: &Tensor) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let shape = (1, c, 1, 1);
+        let scale = (invstd * &self.weight)?.reshape(shape)?;
+        x.broadcast_sub(&mean.reshape(shape)?)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.reshape(shape)?)
+    }
+
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let n = (b * h * w) as f64;
+        if n < 2.0 {
+            candle_core::bail!(
+                "BatchNorm in training mode needs more than one value per channel, got {x:?}"
+            );
+        }
+        let xd = x
+            .to_dtype(DType::F64)?
+            .transpose(0, 1)?
+            .reshape((c, b * h * w))?;
+        let mean = xd.mean_keepdim(1)?;
+        let var = xd.broadcast_sub(&mean)?.sqr()?.mean(1)?;
+        let mean = mean.squeeze(1)?;
+        let update = |stat: &Tensor, batch: Tensor| -> Result<()> {
+            if !stat.is_variable() {
+                candle_core::bail!("BatchNorm of a frozen model cannot run in training mode");
+            }
+            // A variable's Var shares its storage, so `set` updates the statistic in place.
+            let stat = Var::from_tensor(stat)?;
+            let batch = batch.detach().to_dtype(stat.dtype())?;
+            stat.set(&((stat.as_tensor() * (1.0 - Self::MOMENTUM))? + (batch * Self::MOMENTUM)?)?)
+        };
+        update(&self.running_mean, mean.clone())?;
+        update(&self.running_var, (&var * (n / (n - 1.0)))?)?;
+        let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
+        self.affine(x, &mean.to_dtype(x.dtype())?, &invstd)
+    }
+
+    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let invstd = (self.running_var.detach() + Self::EPS)?.sqrt()?.recip()?;
+        self.affine(x, &self.running_mean.detach(), &invstd)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            self.forward_train(x)
+        } else {
+            self.forward_eval(x)
+        }
+    }
 }
 
 /// A convolution followed by its BatchNorm (`downsample = Sequential(conv, bn)`).
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     conv: Conv2d,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
 }
 
 impl ConvBn {
     /// Pairs a convolution with the BatchNorm that follows it.
-    pub fn new(conv: Conv2d, bn: BatchNorm) -> Self {
+    pub fn new(conv: Conv2d, bn: BatchNorm2d) -> Self {
         ConvBn { conv, bn }
     }
 }

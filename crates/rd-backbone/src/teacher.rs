@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::{batch_norm, Conv2d, ResLayer};
+use crate::layers::{batch_norm, BatchNorm2d, Conv2d, ResLayer};
 use crate::params::{NameMap, ParamStore, WeightFile};
 use crate::{Backbone, BackboneError, Result};
 
@@ -58,12 +58,12 @@ fn unused_by_teacher(name: &str) -> bool {
         || name.contains(".fc.")
 }
 
-/// A frozen ResNet teacher (eval-mode BatchNorm).
+/// A frozen ResNet teacher (eval-mode BatchNorm2d).
 #[derive(Debug, Clone)]
 pub struct Teacher {
     backbone: Backbone,
     conv1: Conv2d,
-    bn1: BatchNorm,
+    bn1: BatchNorm2d,
     layers: [ResLayer; 3],
 }
 

@@ -60,7 +60,6 @@ impl WeightsLocator {
         Err(BackboneError::WeightsNotFound {
             id: id.to_string(),
             repo,
-            file: WEIGHTS_FILE.to_string(),
             cache: self.cache_dir.clone(),
             download,
         })

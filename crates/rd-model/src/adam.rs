@@ -206,7 +206,7 @@ mod tests {
         };
         let mut adam = Adam::new(vec![("p".into(), p.clone())], config);
         let expected = [
-            [0.949999988f32, -1.950000048, 0.449999988, -0.050000001],
+            [0.949999988f64, -1.950000048, 0.449999988, -0.050000001],
             [0.900231719, -1.900254726, 0.402087480, -0.099014968],
             [0.850834548, -1.850917935, 0.357993841, -0.146354973],
             [0.801924646, -1.802118540, 0.319471717, -0.191377506],
@@ -217,7 +217,7 @@ mod tests {
             adam.step(&loss.backward().unwrap()).unwrap();
             let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
             for (g, w) in got.iter().zip(want) {
-                assert!((g - w).abs() < 2e-6, "{got:?} vs {want:?}");
+                assert!((*g as f64 - w).abs() < 2e-6, "{got:?} vs {want:?}");
             }
         }
     }

@@ -2,8 +2,8 @@
 //! (SPEC §2.3).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
-use rd_backbone::layers::{batch_norm, Conv2d};
+use candle_nn::VarBuilder;
+use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d};
 use rd_backbone::params::conv_transpose_init;
 use rd_backbone::{Backbone, BlockKind, FeatureMaps};
 
@@ -47,8 +47,8 @@ impl Module for DecoderConv {
 /// anomalib's `DecoderBasicBlock` or `DecoderBottleneck`.
 #[derive(Debug, Clone)]
 struct DecoderBlock {
-    stages: Vec<(DecoderConv, BatchNorm)>,
-    upsample: Option<(Deconv2x2, BatchNorm)>,
+    stages: Vec<(DecoderConv, BatchNorm2d)>,
+    upsample: Option<(Deconv2x2, BatchNorm2d)>,
 }
 
 impl DecoderBlock {

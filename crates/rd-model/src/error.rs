@@ -7,7 +7,7 @@ use rd_backbone::BackboneError;
 pub enum ModelError {
     /// Teacher construction or weight loading failed.
     #[error(transparent)]
-    Backbone(#[from] BackboneError),
+    Backbone(Box<BackboneError>),
 
     /// The parts do not fit together (e.g. a teacher of another backbone).
     #[error("invalid model configuration: {0}")]
@@ -20,3 +20,9 @@ pub enum ModelError {
 
 /// Result with [`ModelError`].
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl From<BackboneError> for ModelError {
+    fn from(e: BackboneError) -> Self {
+        ModelError::Backbone(Box::new(e))
+    }
+}

@@ -1,8 +1,8 @@
 //! The one-class bottleneck embedding: multi-scale fusion plus a ResNet layer (SPEC §2.2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
-use rd_backbone::layers::{batch_norm, Conv2d, ResLayer};
+use candle_nn::VarBuilder;
+use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d, ResLayer};
 use rd_backbone::{Backbone, FeatureMaps};
 
 use crate::Variant;
@@ -11,11 +11,11 @@ use crate::Variant;
 #[derive(Debug, Clone)]
 pub struct Ocbe {
     conv1: Conv2d,
-    bn1: BatchNorm,
+    bn1: BatchNorm2d,
     conv2: Conv2d,
-    bn2: BatchNorm,
+    bn2: BatchNorm2d,
     conv3: Conv2d,
-    bn3: BatchNorm,
+    bn3: BatchNorm2d,
     bn_layer: ResLayer,
 }
 
@@ -55,7 +55,7 @@ impl Ocbe {
         })
     }
 
-    /// The embedding of teacher features; `train` selects batch-statistics BatchNorm.
+    /// The embedding of teacher features; `train` selects batch-statistics BatchNorm2d.
     pub fn forward_t(&self, f: &FeatureMaps, train: bool) -> Result<Tensor> {
         let l1 = self
             .conv1
