@@ -8,7 +8,8 @@ use candle_core::{Result, Tensor};
 use crate::{cosine_distance_map, GaussianBlur};
 
 /// How the per-scale distance maps are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MapMode {
     /// Sum of the scales (anomalib's and the paper's default).
     #[default]

@@ -25,7 +25,8 @@ impl BlockKind {
 }
 
 /// A teacher backbone architecture, named as torchvision and timm name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Backbone {
     /// ResNet-18.
     Resnet18,
@@ -109,6 +110,19 @@ impl Backbone {
 impl fmt::Display for Backbone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl From<Backbone> for String {
+    fn from(b: Backbone) -> String {
+        b.name().to_string()
+    }
+}
+
+impl TryFrom<String> for Backbone {
+    type Error = BackboneError;
+    fn try_from(s: String) -> Result<Self, BackboneError> {
+        s.parse()
     }
 }
 

@@ -72,6 +72,11 @@ impl WeightFile {
         })
     }
 
+    /// The string map in the file's `__metadata__` header (empty when absent).
+    pub fn metadata(&self) -> Result<std::collections::HashMap<String, String>> {
+        read_header_metadata(&self.path)
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -102,15 +107,19 @@ impl WeightFile {
         self.tensors.get(name).ok().map(|v| v.shape().to_vec())
     }
 
-    /// Loads one tensor as f32 on `device`.
-    pub fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let t = self
-            .tensors
+    /// Loads one tensor in its stored dtype on `device`.
+    pub fn load_raw(&self, name: &str, device: &Device) -> Result<Tensor> {
+        self.tensors
             .load(name, device)
             .map_err(|e| BackboneError::WeightsFile {
                 path: self.path.clone(),
                 reason: format!("cannot read tensor `{name}`: {}", root_message(&e)),
-            })?;
+            })
+    }
+
+    /// Loads one tensor as f32 on `device`.
+    pub fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let t = self.load_raw(name, device)?;
         match t.dtype() {
             DType::F32 => Ok(t),
             DType::F16 | DType::BF16 | DType::F64 => Ok(t.to_dtype(DType::F32)?),
@@ -120,6 +129,35 @@ impl WeightFile {
             }),
         }
     }
+}
+
+/// Reads `__metadata__` from a safetensors header (8-byte length, then JSON) without the data.
+fn read_header_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    use std::io::Read;
+    let fail = |reason: String| BackboneError::WeightsFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| fail(format!("cannot read the header length: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors itself refuses headers over 100 MB.
+    if len > 100_000_000 {
+        return Err(fail(format!("header of {len} bytes is not plausible")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| fail(format!("cannot read the header: {e}")))?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: std::collections::HashMap<String, String>,
+    }
+    let header: Header = serde_json::from_slice(&header)
+        .map_err(|e| fail(format!("header is not valid JSON: {e}")))?;
+    Ok(header.metadata)
 }
 
 /// The innermost message of a Candle error, without backtraces or context wrappers.

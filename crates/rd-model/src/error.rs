@@ -13,6 +13,15 @@ pub enum ModelError {
     #[error("invalid model configuration: {0}")]
     Config(String),
 
+    /// A model file is unusable.
+    #[error("cannot use model file {path}: {reason}")]
+    ModelFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

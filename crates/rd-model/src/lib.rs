@@ -27,6 +27,7 @@
 mod adam;
 mod decoder;
 mod error;
+pub mod file;
 mod loss;
 mod model;
 mod ocbe;
@@ -36,6 +37,7 @@ mod variant;
 pub use adam::{Adam, AdamConfig};
 pub use decoder::{Decoder, Deconv2x2};
 pub use error::{ModelError, Result};
+pub use file::{LoadedModel, ModelMeta, PostStats, TrainingSummary};
 pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use rd_backbone::{Backbone, BlockKind};
 
 /// Which implementation's OCBE bottleneck to build; the decoders are identical.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Variant {
     /// anomalib: OCBE with 2 BasicBlocks for resnet18/34 and Bottleneck width 512 for every
     /// bottleneck backbone.
