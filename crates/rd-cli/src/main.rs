@@ -1,12 +1,68 @@
-//! `rd`: train, run and inspect Reverse Distillation anomaly detectors.
+//! `rd`: train, import, run, evaluate and inspect Reverse Distillation anomaly detectors.
 
-use clap::Parser;
+mod import;
+mod inspect;
 
-/// Reverse Distillation anomaly detection (Deng & Li, CVPR 2022), anomalib-exact, in Rust.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Reverse Distillation anomaly detection (Deng & Li, CVPR 2022), computed exactly as anomalib
+/// does, in one program.
+///
+/// Train on pictures of good parts, then score new pictures and see where the defects are.
+/// One model file carries the weights, input size, normalisation and thresholds, so `rd predict`
+/// gives the same answers on every machine.
 #[derive(Debug, Parser)]
-#[command(name = "rd", version, about)]
-struct Cli {}
+#[command(name = "rd", version, about, long_about, after_help = EXAMPLES)]
+struct Cli {
+    /// Print nothing but errors and the requested output.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 
-fn main() {
-    let _cli = Cli::parse();
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  rd import --from anomalib --weights model.ckpt --backbone wide_resnet50_2 --image-size 256 -o rd.safetensors
+  rd inspect rd.safetensors
+  rd inspect rd.safetensors --json
+
+Set RUST_LOG=debug for detailed logs.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert an anomalib checkpoint or official RD4AD weights into an rd model file.
+    Import(import::ImportArgs),
+    /// Show a model file's metadata, thresholds, parameter counts and tensors.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet);
+    let result = match cli.command {
+        Command::Import(args) => import::run(args, cli.quiet),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings, or errors only with `--quiet`).
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
