@@ -1,12 +1,37 @@
 //! `cargo xtask`: project automation (datasets, training runs, evaluation, benchmarks).
+//!
+//! This file only parses the command line and dispatches; each subcommand lives in its own module
+//! of the `xtask` library (`xtask/src/lib.rs`), where the integration tests can reach it too.
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// Project automation for the Reverse Distillation workspace.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download a dataset (MVTec AD, VisA) or pretrained teacher weights.
+    Download(xtask::download::DownloadArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Download(args) => xtask::download::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line and never a backtrace (even with
+            // RUST_BACKTRACE set): these messages are meant to be read by users.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
