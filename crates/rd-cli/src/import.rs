@@ -258,7 +258,7 @@ fn read_rd4ad(path: &Path) -> Result<HashMap<String, Tensor>> {
     } else {
         for (key, prefix) in [("bn", "bottleneck."), ("decoder", "decoder.")] {
             let part = read_file(path, Some(key)).with_context(|| {
-                format!("expected an RD4AD checkpoint with `bn` and `decoder` entries")
+                "expected an RD4AD checkpoint with `bn` and `decoder` entries".to_string()
             })?;
             for (name, t) in part {
                 tensors.insert(format!("{prefix}{name}"), t);

@@ -1,7 +1,10 @@
 //! `rd`: train, import, run, evaluate and inspect Reverse Distillation anomaly detectors.
 
+mod device;
 mod import;
 mod inspect;
+mod predict;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,7 @@ Examples:
   rd import --from anomalib --weights model.ckpt --backbone wide_resnet50_2 --image-size 256 -o rd.safetensors
   rd inspect rd.safetensors
   rd inspect rd.safetensors --json
+  rd predict --model rd.safetensors images/ --out results/
 
 Set RUST_LOG=debug for detailed logs.";
 
@@ -38,17 +42,21 @@ enum Command {
     Import(import::ImportArgs),
     /// Show a model file's metadata, thresholds, parameter counts and tensors.
     Inspect(inspect::InspectArgs),
+    /// Score images and write heatmaps, masks and contours of where the defects are.
+    Predict(predict::PredictArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet);
     let result = match cli.command {
-        Command::Import(args) => import::run(args, cli.quiet),
-        Command::Inspect(args) => inspect::run(args),
+        Command::Import(args) => import::run(args, cli.quiet).map(|()| true),
+        Command::Inspect(args) => inspect::run(args).map(|()| true),
+        Command::Predict(args) => predict::run(args, cli.quiet),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -25,6 +25,42 @@ pub enum ModelError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// Images could not be listed, read or decoded.
+    #[error(transparent)]
+    Dataset(Box<rd_dataset::DatasetError>),
+
+    /// A metric or post-processing statistic could not be computed from the collected outputs.
+    #[error("cannot compute metrics: {0}")]
+    Metrics(#[from] rd_metrics::MetricsError),
+
+    /// Training cannot start or go on (invalid settings, a checkpoint that does not fit, a
+    /// diverging loss); the message says what to change.
+    #[error("training: {0}")]
+    Training(String),
+
+    /// A file besides the model file (e.g. the training log) could not be written.
+    #[error("cannot write {path}: {reason}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Training stopped on an error after saving its progress to a checkpoint.
+    #[error(
+        "{source}\ntraining progress ({progress}) is saved in {checkpoint}; fix the problem and \
+         resume from that file"
+    )]
+    Stopped {
+        /// Why training stopped.
+        source: Box<ModelError>,
+        /// The checkpoint holding the progress.
+        checkpoint: std::path::PathBuf,
+        /// What the checkpoint holds, in words (e.g. `3 epochs and 5 steps`).
+        progress: String,
+    },
 }
 
 /// Result with [`ModelError`].
@@ -33,5 +69,11 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 impl From<BackboneError> for ModelError {
     fn from(e: BackboneError) -> Self {
         ModelError::Backbone(Box::new(e))
+    }
+}
+
+impl From<rd_dataset::DatasetError> for ModelError {
+    fn from(e: rd_dataset::DatasetError) -> Self {
+        ModelError::Dataset(Box::new(e))
     }
 }

@@ -1,6 +1,10 @@
 //! The trainable half of Reverse Distillation: OCBE bottleneck, reversed-ResNet decoder, the loss
 //! and the optimiser, assembled with the frozen teacher into [`ReverseDistillation`].
 //!
+//! Training on image files is [`Fit`] (seeded epochs, resumable checkpoints, log, progress bar,
+//! Ctrl-C); evaluation is [`predict()`] (raw scores and maps), [`fit_post_processor`] (anomalib's
+//! thresholds and min/max) and [`compute_metrics`] (anomalib's test metrics).
+//!
 //! ```
 //! use candle_core::{Device, Tensor};
 //! use rd_anomaly_map::MapMode;
@@ -25,21 +29,33 @@
 //! ```
 
 mod adam;
+pub mod batches;
+pub mod checkpoint;
 mod decoder;
 mod error;
+pub mod evaluate;
 pub mod file;
+pub mod fit;
+mod fit_log;
+mod interrupt;
 mod loss;
 mod model;
 mod ocbe;
+pub mod predict;
 mod train;
 mod variant;
 
 pub use adam::{Adam, AdamConfig};
 pub use decoder::{Decoder, Deconv2x2};
 pub use error::{ModelError, Result};
+pub use evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
 pub use file::{LoadedModel, ModelMeta, PostStats, TrainingSummary};
+pub use fit::{epoch_seed, Fit, FitOutcome, FitReport, TrainConfig};
+pub use fit_log::EpochRecord;
+pub use interrupt::{ctrl_c_flag, Interrupt};
 pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;
+pub use predict::{predict, PredictConfig, Predictions};
 pub use train::Trainer;
 pub use variant::Variant;
