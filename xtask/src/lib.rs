@@ -2,6 +2,8 @@
 //! dispatcher and the integration tests in `xtask/tests/` can call the subcommands directly.
 
 pub mod download;
+mod rd;
+pub mod train;
 
 use std::path::PathBuf;
 

@@ -19,11 +19,14 @@ struct Cli {
 enum Command {
     /// Download a dataset (MVTec AD, VisA) or pretrained teacher weights.
     Download(xtask::download::DownloadArgs),
+    /// The main job: train, evaluate and draw heatmaps (built-in synthetic data by default).
+    Train(xtask::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Download(args) => xtask::download::run(args),
+        Command::Train(args) => xtask::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

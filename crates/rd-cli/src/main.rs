@@ -1,10 +1,14 @@
 //! `rd`: train, import, run, evaluate and inspect Reverse Distillation anomaly detectors.
 
+mod data;
 mod device;
+mod eval;
 mod import;
 mod inspect;
 mod predict;
 mod progress;
+mod report;
+mod train;
 
 use std::process::ExitCode;
 
@@ -29,15 +33,21 @@ struct Cli {
 
 const EXAMPLES: &str = "\
 Examples:
+  rd train --data data/mvtec --category bottle --backbone wide_resnet50_2 -o bottle.safetensors
+  rd eval --model bottle.safetensors --data data/mvtec --category bottle
+  rd predict --model bottle.safetensors photos/ --out results/
   rd import --from anomalib --weights model.ckpt --backbone wide_resnet50_2 --image-size 256 -o rd.safetensors
   rd inspect rd.safetensors
   rd inspect rd.safetensors --json
-  rd predict --model rd.safetensors images/ --out results/
 
 Set RUST_LOG=debug for detailed logs.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a model on images of good parts, fit its thresholds and evaluate it.
+    Train(Box<train::TrainArgs>),
+    /// Measure a model on a labelled dataset (image/pixel AUROC, AUPRO, F1).
+    Eval(eval::EvalArgs),
     /// Convert an anomalib checkpoint or official RD4AD weights into an rd model file.
     Import(import::ImportArgs),
     /// Show a model file's metadata, thresholds, parameter counts and tensors.
@@ -50,6 +60,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet);
     let result = match cli.command {
+        Command::Train(args) => train::run(*args, cli.quiet).map(|()| true),
+        Command::Eval(args) => eval::run(args, cli.quiet).map(|()| true),
         Command::Import(args) => import::run(args, cli.quiet).map(|()| true),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::Predict(args) => predict::run(args, cli.quiet),

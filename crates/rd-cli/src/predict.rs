@@ -398,16 +398,15 @@ fn expand_inputs(inputs: &[String]) -> Vec<Input> {
         .into_iter()
         .map(|r| match r {
             Ok(path) => {
-                let base = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "image".into());
-                let mut stem = base.clone();
-                let mut k = 2;
-                while !used.insert(stem.clone()) {
-                    stem = format!("{base}-{k}");
-                    k += 1;
-                }
+                let name =
+                    |p: Option<&std::ffi::OsStr>| p.map(|s| s.to_string_lossy().into_owned());
+                let base = name(path.file_stem()).unwrap_or_else(|| "image".into());
+                // Same names in different folders (MVTec's test/<defect>/000.png) get the folder.
+                let parent = name(path.parent().and_then(Path::file_name));
+                let mut candidates = std::iter::once(base.clone())
+                    .chain(parent.map(|p| format!("{p}_{base}")))
+                    .chain((2..).map(|k| format!("{base}-{k}")));
+                let stem = candidates.find(|c| used.insert(c.clone())).unwrap_or(base);
                 Input::Image { path, stem }
             }
             Err((path, error)) => Input::Bad { path, error },

@@ -85,6 +85,37 @@ impl Splits {
         self.validation.as_deref().unwrap_or(&self.test)
     }
 
+    /// Moves a seeded share of the training images to the validation split: what a user without
+    /// defect samples validates on (thresholds then sit above every score of a good part).
+    pub fn hold_out_normals(&mut self, share: f64, seed: u64) -> Result<()> {
+        if !(share > 0.0 && share < 1.0) {
+            return Err(DatasetError::InvalidConfig(format!(
+                "the held-out share must be between 0 and 1 (exclusive), got {share}"
+            )));
+        }
+        let n = (self.train.len() as f64 * share).round() as usize;
+        if n == 0 || n == self.train.len() {
+            return Err(DatasetError::InvalidConfig(format!(
+                "holding out {share} of {} training images leaves none for {}",
+                self.train.len(),
+                if n == 0 { "validation" } else { "training" }
+            )));
+        }
+        let mut held = vec![false; self.train.len()];
+        let mut idx: Vec<usize> = (0..self.train.len()).collect();
+        SplitMix64::derive(seed, &[2]).shuffle(&mut idx);
+        for &i in idx.iter().take(n) {
+            held[i] = true;
+        }
+        let (val, train): (Vec<_>, Vec<_>) = std::mem::take(&mut self.train)
+            .into_iter()
+            .zip(held)
+            .partition(|(_, h)| *h);
+        self.train = train.into_iter().map(|(s, _)| s).collect();
+        self.validation = Some(val.into_iter().map(|(s, _)| s).collect());
+        Ok(())
+    }
+
     /// Moves a share of the test samples, drawn separately from each label, to a validation
     /// split, deterministically from `seed`. Both lists keep their sorted order.
     pub fn split_validation_from_test(&mut self, share: f64, seed: u64) -> Result<()> {
@@ -235,5 +266,29 @@ mod tests {
         assert!(err.to_string().contains("empty"), "{err}");
         let err = list_images(&dir.path().join("nope")).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hold_out_tests {
+    use super::*;
+
+    #[test]
+    fn holds_out_a_seeded_share_of_training_images() {
+        let make = || Splits {
+            train: (0..10)
+                .map(|i| Sample::normal(format!("{i}.png")))
+                .collect(),
+            ..Default::default()
+        };
+        let mut a = make();
+        a.hold_out_normals(0.2, 7).unwrap();
+        assert_eq!(a.train.len(), 8);
+        assert_eq!(a.validation.as_ref().unwrap().len(), 2);
+        let mut b = make();
+        b.hold_out_normals(0.2, 7).unwrap();
+        assert_eq!(a, b);
+        assert!(make().hold_out_normals(0.01, 7).is_err());
+        assert!(make().hold_out_normals(1.5, 7).is_err());
     }
 }

@@ -1,0 +1,158 @@
+//! `rd eval`: how well a model finds defects, in anomalib's metrics.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rd_dataset::layout::mvtec;
+use rd_model::evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
+use rd_model::predict::{predict, PredictConfig};
+use rd_model::{LoadedModel, ReverseDistillation};
+use serde::Serialize;
+
+use crate::data::{DataArgs, Layout};
+use crate::device::DeviceArg;
+use crate::report::{metrics_table, published, Published};
+
+/// Arguments of `rd eval`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  rd eval --model bottle.safetensors --data data/mvtec --category bottle
+  rd eval --model bottle.safetensors --data data/mvtec --category bottle --json
+  rd eval --model fabric.safetensors --data data/synthetic --category fabric --out eval/
+
+Metrics follow anomalib: scores and maps are normalised with the model's thresholds and
+min/max statistics (fitted by `rd train`); image and pixel F1 use normalised > 0.5. A model
+without statistics (e.g. imported from plain weights) has them fitted on the test images first,
+as anomalib does by default for MVTec AD, and says so.")]
+pub struct EvalArgs {
+    /// The model file.
+    #[arg(long)]
+    model: PathBuf,
+
+    #[command(flatten)]
+    data: DataArgs,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+
+    /// AUPRO's false-positive-rate limit.
+    #[arg(long, default_value_t = 0.3)]
+    fpr_limit: f64,
+
+    /// Where the model runs: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Also write metrics.json and metrics.md into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// What `rd eval --json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    model: PathBuf,
+    data: String,
+    thresholds: &'static str,
+    metrics: Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published: Option<PublishedJson>,
+}
+
+/// Published numbers in JSON form.
+#[derive(Debug, Serialize)]
+struct PublishedJson {
+    paper_image_auroc: f64,
+    paper_pixel_auroc: f64,
+    paper_pro: f64,
+    anomalib_image_auroc: f64,
+    anomalib_pixel_auroc: f64,
+    anomalib_image_f1: f64,
+}
+
+impl From<Published> for PublishedJson {
+    fn from(p: Published) -> Self {
+        PublishedJson {
+            paper_image_auroc: p.paper[0],
+            paper_pixel_auroc: p.paper[1],
+            paper_pro: p.paper[2],
+            anomalib_image_auroc: p.anomalib[0],
+            anomalib_pixel_auroc: p.anomalib[1],
+            anomalib_image_f1: p.anomalib[2],
+        }
+    }
+}
+
+/// Runs `rd eval`.
+pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
+    if args.data.layout == Layout::Mvtec && args.data.category.is_none() {
+        let found = mvtec::categories(&args.data.data).unwrap_or_default();
+        bail!(
+            "--category is required; {} has: {}",
+            args.data.data.display(),
+            if found.is_empty() {
+                "no categories".to_string()
+            } else {
+                found.join(", ")
+            }
+        );
+    }
+    let device = args.device.open()?;
+    let LoadedModel { model, meta, .. } = ReverseDistillation::load(&args.model, &device)?;
+    let (splits, data_desc) = args.data.load(0)?;
+    if splits.test.is_empty() {
+        bail!("{data_desc} has no test images");
+    }
+    let predictions = predict(
+        &model,
+        &splits.test,
+        &PredictConfig::for_model(&meta, args.batch_size.max(1)),
+    )
+    .with_context(|| format!("cannot score the test images of {data_desc}"))?;
+    let stored = meta.post.post_processor();
+    let (post, thresholds) = if stored.image_normalizer().is_identity() {
+        if !quiet {
+            eprintln!("note: {} has no thresholds; fitting them on these test images (anomalib's default)", args.model.display());
+        }
+        (
+            fit_post_processor(&predictions)?,
+            "fitted on the test images",
+        )
+    } else {
+        (stored, "from the model file")
+    };
+    let config = MetricsConfig {
+        fpr_limit: args.fpr_limit,
+        ..MetricsConfig::default()
+    };
+    let metrics = compute_metrics(&predictions, &post, &config)?;
+    let report = Report {
+        model: args.model.clone(),
+        published: published(&data_desc).map(Into::into),
+        data: data_desc.clone(),
+        thresholds,
+        metrics,
+    };
+    let table = metrics_table(&[(data_desc, report.metrics.clone())]);
+    let json = serde_json::to_string_pretty(&report)?;
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{table}");
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(dir.join("metrics.json"), &json)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        std::fs::write(dir.join("metrics.md"), &table)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+    }
+    Ok(())
+}

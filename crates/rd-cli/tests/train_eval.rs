@@ -1,0 +1,193 @@
+//! `rd train` then `rd eval` then `rd predict` on a tiny synthetic dataset, as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rd_dataset::synthetic::{generate, SyntheticConfig};
+use rd_dataset::SyntheticCategory;
+
+fn rd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rd"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", "/nonexistent-rd-test-cache")
+        .output()
+        .expect("the rd binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tiny_dataset(root: &Path) {
+    let config = SyntheticConfig {
+        size: 64,
+        train_good: 6,
+        test_good: 2,
+        test_defective: 3,
+        categories: vec![SyntheticCategory::Puck],
+        ..SyntheticConfig::default()
+    };
+    generate(root, &config).unwrap();
+}
+
+#[test]
+fn train_evaluate_and_predict_on_synthetic_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    tiny_dataset(&data);
+    let model = d.join("puck.safetensors");
+    let base = [
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "puck",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--json",
+        "-o",
+        model.to_str().unwrap(),
+    ];
+
+    // without weights and without permission to go random, training refuses and says why
+    let o = rd(&base);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("timm/resnet18.a1_in1k") && t.contains("--teacher-weights"),
+        "{t}"
+    );
+    assert!(!model.exists());
+
+    let mut args = base.to_vec();
+    args.push("--allow-random-teacher");
+    let o = rd(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("RANDOM"),
+        "the random teacher is announced loudly"
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(metrics["images"], 5);
+    assert_eq!(metrics["anomalous_images"], 3);
+    assert!(metrics["image_auroc"].as_f64().unwrap() >= 0.0);
+    assert!(d.join("puck.log.jsonl").is_file());
+    assert!(d.join("puck.checkpoint.safetensors").is_file());
+
+    let o = rd(&["inspect", model.to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let post = &info["meta"]["post"];
+    for k in [
+        "image_threshold",
+        "pixel_threshold",
+        "image_min",
+        "image_max",
+        "pixel_min",
+        "pixel_max",
+    ] {
+        assert!(post[k].is_number(), "{k} fitted: {post}");
+    }
+    let training = &info["meta"]["training"];
+    assert_eq!(training["epochs"], 1);
+    assert!(training["metrics"]["image_auroc"].is_number(), "{training}");
+    assert_eq!(info["meta"]["teacher_weights"], "random (seed 42)");
+    assert_eq!(
+        info["optimizer_state"], false,
+        "the model file is not a checkpoint"
+    );
+
+    // evaluation with the stored thresholds reproduces training's numbers
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "puck",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["thresholds"], "from the model file");
+    for k in [
+        "image_auroc",
+        "pixel_auroc",
+        "image_f1",
+        "pixel_f1",
+        "pixel_aupro",
+    ] {
+        let a = report["metrics"][k].as_f64().unwrap();
+        let b = metrics[k].as_f64().unwrap();
+        assert!((a - b).abs() < 1e-9, "{k}: eval {a} vs train {b}");
+    }
+
+    // a folder of test images: every one scored, with overlays named after their folder
+    let out = d.join("pred");
+    let test_dir = data.join("puck").join("test");
+    let pattern = format!("{}/*/*.png", test_dir.display());
+    let o = rd(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        &pattern,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 5);
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(
+            v["label"].is_boolean() && v["normalized_score"].is_number(),
+            "{v}"
+        );
+        assert!(Path::new(v["contour"].as_str().unwrap()).is_file());
+    }
+}
+
+#[test]
+fn eval_lists_categories_when_none_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data);
+    let model = dir.path().join("m.safetensors");
+    std::fs::write(&model, b"").unwrap();
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--category is required") && text(&o).contains("puck"),
+        "{}",
+        text(&o)
+    );
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "puck",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("m.safetensors"), "{}", text(&o));
+}
