@@ -21,12 +21,15 @@ enum Command {
     Download(xtask::download::DownloadArgs),
     /// The main job: train, evaluate and draw heatmaps (built-in synthetic data by default).
     Train(xtask::train::TrainArgs),
+    /// Evaluate models per category, beside the paper's and anomalib's published numbers.
+    Eval(xtask::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Download(args) => xtask::download::run(args),
         Command::Train(args) => xtask::train::run(args),
+        Command::Eval(args) => xtask::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
