@@ -1,17 +1,19 @@
 //! `rd eval`: how well a model finds defects, in anomalib's metrics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rd_dataset::layout::mvtec;
+use rd_metrics::{aupro_curve, roc_curve, PostProcessor};
 use rd_model::evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
-use rd_model::predict::{predict, PredictConfig};
+use rd_model::predict::{predict, PredictConfig, Predictions};
 use rd_model::{LoadedModel, ReverseDistillation};
 use serde::Serialize;
 
 use crate::data::{DataArgs, Layout};
 use crate::device::DeviceArg;
+use crate::plot::{save_curves, Curve, PlotSpec};
 use crate::report::{metrics_table, published, Published};
 
 /// Arguments of `rd eval`.
@@ -50,7 +52,8 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
 
-    /// Also write metrics.json and metrics.md into this folder.
+    /// Folder for metrics.json, metrics.md and the ROC and PRO curve plots
+    /// [default: <model>.eval beside the model file].
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -147,12 +150,85 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     } else {
         print!("{table}");
     }
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::write(dir.join("metrics.json"), &json)
-            .with_context(|| format!("cannot write into {}", dir.display()))?;
-        std::fs::write(dir.join("metrics.md"), &table)
-            .with_context(|| format!("cannot write into {}", dir.display()))?;
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.model.with_extension("eval"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .with_context(|| format!("cannot write into {}", dir.display()))
+    };
+    write("metrics.json", &json)?;
+    write("metrics.md", &table)?;
+    let plots = plot_curves(&dir, &predictions, &post, args.fpr_limit)?;
+    if !quiet {
+        eprintln!("metrics and {} plot(s) written to {}", plots, dir.display());
     }
     Ok(())
+}
+
+/// ROC curves (image and pixel level) and the PRO curve, on the normalised outputs the metrics
+/// use; returns how many plots were written.
+fn plot_curves(dir: &Path, p: &Predictions, post: &PostProcessor, fpr_limit: f64) -> Result<usize> {
+    let scores = post.image_normalizer().normalize_all(&p.scores);
+    let image = roc_curve(&scores, &p.labels)?;
+    let pixel_maps = p
+        .masks
+        .as_ref()
+        .map(|_| post.pixel_normalizer().normalize_all(&p.maps));
+    let pixel = match (&pixel_maps, &p.masks) {
+        (Some(maps), Some(masks)) => Some(roc_curve(maps, masks)?),
+        _ => None,
+    };
+    let mut roc = Vec::new();
+    for (level, c) in [("image", Some(&image)), ("pixel", pixel.as_ref())] {
+        if let Some(c) = c.filter(|c| !c.fpr.is_empty()) {
+            roc.push(Curve {
+                label: format!("{level} (AUROC {:.3})", trapezoid(&c.fpr, &c.tpr)),
+                x: &c.fpr,
+                y: &c.tpr,
+            });
+        }
+    }
+    let mut written = 0;
+    if !roc.is_empty() {
+        let spec = PlotSpec {
+            title: "ROC",
+            x_label: "false-positive rate",
+            y_label: "true-positive rate",
+            x_max: 1.0,
+            diagonal: true,
+        };
+        save_curves(&dir.join("roc.png"), &spec, &roc)?;
+        written += 1;
+    }
+    if let (Some(maps), Some(masks)) = (&pixel_maps, &p.masks) {
+        if masks.contains(&1) {
+            let pro = aupro_curve(maps, masks, p.map_shape(), fpr_limit)?;
+            let spec = PlotSpec {
+                title: "Per-region overlap (PRO)",
+                x_label: "false-positive rate",
+                y_label: "per-region overlap",
+                x_max: fpr_limit as f32,
+                diagonal: false,
+            };
+            let curve = Curve {
+                label: format!("AUPRO@{fpr_limit} {:.3}", pro.aupro),
+                x: &pro.fpr,
+                y: &pro.pro,
+            };
+            save_curves(&dir.join("pro.png"), &spec, &[curve])?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Area under a polyline by the trapezoidal rule.
+fn trapezoid(x: &[f32], y: &[f32]) -> f64 {
+    x.windows(2)
+        .zip(y.windows(2))
+        .map(|(a, b)| f64::from(a[1] - a[0]) * f64::from(b[0] + b[1]) / 2.0)
+        .sum()
 }

@@ -5,6 +5,7 @@ mod device;
 mod eval;
 mod import;
 mod inspect;
+mod plot;
 mod predict;
 mod progress;
 mod report;

@@ -122,6 +122,12 @@ fn train_evaluate_and_predict_on_synthetic_data() {
     assert!(o.status.success(), "{}", text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["thresholds"], "from the model file");
+    let eval_dir = d.join("puck.eval");
+    for f in ["metrics.json", "metrics.md", "roc.png", "pro.png"] {
+        assert!(eval_dir.join(f).is_file(), "{f} written beside the model");
+    }
+    let roc = image::open(eval_dir.join("roc.png")).unwrap();
+    assert_eq!((roc.width(), roc.height()), (640, 480));
     for k in [
         "image_auroc",
         "pixel_auroc",

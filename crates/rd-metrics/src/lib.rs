@@ -54,7 +54,7 @@ pub use label::Label;
 pub use normalize::{
     is_anomalous_normalized, MinMax, Normalizer, PostProcessor, Thresholds, NORMALIZED_THRESHOLD,
 };
-pub use roc::auroc;
+pub use roc::{auroc, roc_curve, RocCurve};
 
 #[cfg(test)]
 mod scale_tests {

@@ -19,27 +19,68 @@ use std::ops::ControlFlow;
 ///
 /// Errors: empty input, length mismatch, NaN score, label other than 0/1.
 pub fn auroc<L: Label>(scores: &[f32], labels: &[L]) -> Result<f64> {
+    let (mut prev_fpr, mut prev_tpr) = (0.0f32, 0.0f32);
+    let mut twice_area = 0.0f64;
+    let both = roc_points(scores, labels, |fpr, tpr| {
+        twice_area += f64::from((prev_tpr + tpr) * (fpr - prev_fpr));
+        (prev_fpr, prev_tpr) = (fpr, tpr);
+    })?;
+    Ok(if both { twice_area / 2.0 } else { 0.0 })
+}
+
+/// The ROC curve: false- and true-positive rates at every unique score, highest score first,
+/// starting at (0, 0) and ending at (1, 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RocCurve {
+    /// False-positive rates.
+    pub fpr: Vec<f32>,
+    /// True-positive rates.
+    pub tpr: Vec<f32>,
+}
+
+/// The ROC curve whose area [`auroc`] is (empty when all samples share one class).
+///
+/// It has one point per unique score, so for pixel-level inputs it can hold millions of points.
+pub fn roc_curve<L: Label>(scores: &[f32], labels: &[L]) -> Result<RocCurve> {
+    let mut curve = RocCurve {
+        fpr: vec![0.0],
+        tpr: vec![0.0],
+    };
+    let both = roc_points(scores, labels, |fpr, tpr| {
+        curve.fpr.push(fpr);
+        curve.tpr.push(tpr);
+    })?;
+    if !both {
+        curve.fpr.clear();
+        curve.tpr.clear();
+    }
+    Ok(curve)
+}
+
+/// Calls `visit(fpr, tpr)` at every unique score, highest first, as torchmetrics forms the points:
+/// `tps = cumsum(target)` and `fps = (index + 1) − tps`, rates as `f32` ratios. Returns whether
+/// both classes are present (otherwise nothing is visited).
+fn roc_points<L: Label>(
+    scores: &[f32],
+    labels: &[L],
+    mut visit: impl FnMut(f32, f32),
+) -> Result<bool> {
     let counts = check_binary(scores, labels)?;
     if counts.positives == 0 || counts.negatives() == 0 {
-        return Ok(0.0);
+        return Ok(false);
     }
-    // torchmetrics: tps = cumsum(target) as f32, fps = (index + 1) - tps in f32, rates = f32 ratios.
     let tps_last = counts.positives as f32;
     let fps_last = counts.total as f32 - tps_last;
     let (mut seen, mut tps) = (0u64, 0u64);
-    let (mut prev_fpr, mut prev_tpr) = (0.0f32, 0.0f32);
-    let mut twice_area = 0.0f64;
     sweep_descending(scores, &BinaryPayload { labels }, |_, run| {
         seen += run.len() as u64;
         tps += run.iter().filter(|&&e| payload(e) != 0).count() as u64;
         let tp = tps as f32;
         let fp = seen as f32 - tp;
-        let (fpr, tpr) = (fp / fps_last, tp / tps_last);
-        twice_area += f64::from((prev_tpr + tpr) * (fpr - prev_fpr));
-        (prev_fpr, prev_tpr) = (fpr, tpr);
+        visit(fp / fps_last, tp / tps_last);
         ControlFlow::Continue(())
     });
-    Ok(twice_area / 2.0)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -69,6 +110,24 @@ mod tests {
             }
         }
         wins / (p * n) as f64
+    }
+
+    #[test]
+    fn curve_points_and_area_agree() {
+        let scores = [0.1f32, 0.4, 0.35, 0.8, 0.4];
+        let labels = [0u8, 0, 1, 1, 1];
+        let c = roc_curve(&scores, &labels).unwrap();
+        // thresholds 0.8, 0.4 (one tied pair), 0.35, 0.1
+        assert_eq!(c.fpr, vec![0.0, 0.0, 0.5, 0.5, 1.0]);
+        assert_eq!(c.tpr, vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]);
+        let area: f64 = c
+            .fpr
+            .windows(2)
+            .zip(c.tpr.windows(2))
+            .map(|(f, t)| f64::from((f[1] - f[0]) * (t[1] + t[0])) / 2.0)
+            .sum();
+        assert!((area - auroc(&scores, &labels).unwrap()).abs() < 1e-7);
+        assert!(roc_curve(&[0.1f32, 0.2], &[1u8, 1]).unwrap().fpr.is_empty());
     }
 
     #[test]
