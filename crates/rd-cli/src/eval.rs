@@ -113,12 +113,10 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     if splits.test.is_empty() {
         bail!("{data_desc} has no test images");
     }
-    let predictions = predict(
-        &model,
-        &splits.test,
-        &PredictConfig::for_model(&meta, args.batch_size.max(1)),
-    )
-    .with_context(|| format!("cannot score the test images of {data_desc}"))?;
+    let mut predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
+    predict_config.progress = !quiet;
+    let predictions = predict(&model, &splits.test, &predict_config)
+        .with_context(|| format!("cannot score the test images of {data_desc}"))?;
     let stored = meta.post.post_processor();
     let (post, thresholds) = if stored.image_normalizer().is_identity() {
         if !quiet {

@@ -235,7 +235,8 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     }
 
     let (model, mut meta) = fit.into_parts();
-    let predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
+    let mut predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
+    predict_config.progress = !quiet;
     let validation = splits.validation_or_test();
     let val = predict(&model, validation, &predict_config).context("validation failed")?;
     let post = fit_post_processor(&val)?;

@@ -480,6 +480,7 @@ impl Fit {
             self.config.progress,
             self.planned_steps(samples.len(), fold),
         );
+        bar.set_prefix("training (steps)");
         let device = self.trainer.model().student_params().device().clone();
         let mut history = Vec::new();
         let mut skipped: BTreeMap<PathBuf, String> = BTreeMap::new();

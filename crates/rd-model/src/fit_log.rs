@@ -77,7 +77,7 @@ pub(crate) fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     let style = ProgressStyle::with_template(
-        "{prefix} {wide_bar} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        "{prefix} {wide_bar} {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);

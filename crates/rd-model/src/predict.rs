@@ -13,6 +13,7 @@ use rd_metrics::MapShape;
 
 use crate::batches::batch_to_tensor;
 use crate::file::NormalizationMeta;
+use crate::fit_log::progress_bar;
 use crate::{ModelError, ModelMeta, Result, ReverseDistillation};
 
 /// How to run the model over images.
@@ -26,6 +27,8 @@ pub struct PredictConfig {
     pub skip_bad: bool,
     /// Decode images on this many threads (`None`: rayon's global pool).
     pub loader_threads: Option<usize>,
+    /// Show a progress bar on stderr (never when stderr is not a terminal).
+    pub progress: bool,
 }
 
 impl PredictConfig {
@@ -36,6 +39,7 @@ impl PredictConfig {
             normalization: NormalizationMeta::IMAGENET,
             skip_bad: false,
             loader_threads: None,
+            progress: false,
         }
     }
 
@@ -134,8 +138,11 @@ pub fn predict(
         width: w,
         skipped: Vec::new(),
     };
+    let bar = progress_bar(config.progress, samples.len() as u64);
+    bar.set_prefix("scoring");
     for batch in loader.by_ref() {
         let mut batch = batch?;
+        bar.inc(batch.len() as u64);
         let x = batch_to_tensor(&mut batch, &device)?;
         let maps = model.anomaly_maps(&x)?;
         out.maps.extend(
@@ -159,6 +166,7 @@ pub fn predict(
         out.paths.extend(batch.paths);
         out.defects.extend(batch.defects);
     }
+    bar.finish_and_clear();
     out.skipped = loader.skipped();
     if out.is_empty() {
         return Err(ModelError::Config(format!(
