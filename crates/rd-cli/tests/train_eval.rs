@@ -197,3 +197,77 @@ fn eval_lists_categories_when_none_is_given() {
     assert!(!o.status.success());
     assert!(text(&o).contains("m.safetensors"), "{}", text(&o));
 }
+
+/// A training process killed outright (SIGKILL, no chance to clean up) leaves a checkpoint that
+/// resumes to completion; nothing torn is ever left behind.
+#[cfg(unix)]
+#[test]
+fn a_killed_training_run_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    tiny_dataset(&data);
+    let model = d.join("m.safetensors");
+    let ckpt = d.join("m.checkpoint.safetensors");
+    let args = [
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "puck",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--epochs",
+        "200",
+        "--batch-size",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--allow-random-teacher",
+        "--quiet",
+        "-o",
+        model.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rd"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", "/nonexistent-rd-test-cache")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !model.exists(),
+        "the final model is only written at the end"
+    );
+    // a kill may land mid-write, but the checkpoint is always a complete model file
+    let o = rd(&["inspect", ckpt.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let done = info["meta"]["training"]["epochs"].as_u64().unwrap();
+    assert!(done >= 1 && info["optimizer_state"] == true, "{info}");
+
+    let epochs = (done + 1).to_string();
+    let at = args.iter().position(|a| *a == "--epochs").unwrap() + 1;
+    let mut resume = args.to_vec();
+    resume[at] = &epochs; // one more epoch than already done
+    resume.extend(["--resume", ckpt.to_str().unwrap()]);
+    let o = rd(&resume);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = rd(&["inspect", model.to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        info["meta"]["training"]["epochs"].as_u64().unwrap(),
+        done + 1
+    );
+}
