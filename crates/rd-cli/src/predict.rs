@@ -138,10 +138,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<bool> {
         out: &args.out,
         raw_maps: args.raw_maps,
         size: (meta.image_size[0], meta.image_size[1]),
-        normalization: rd_dataset::Normalization {
-            mean: meta.normalization.mean,
-            std: meta.normalization.std,
-        },
+        normalization: meta.normalization,
         image_norm,
         pixel_norm,
     };

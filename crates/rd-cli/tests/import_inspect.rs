@@ -1,14 +1,11 @@
 //! `rd import` and `rd inspect`, run as a user would run them.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn rd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rd"))
-        .args(args)
-        .output()
-        .expect("the rd binary runs")
-}
+use common::rd;
+
+use std::path::Path;
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

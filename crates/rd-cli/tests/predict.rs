@@ -1,27 +1,15 @@
 //! `rd predict` as a user runs it: anomalib parity through files, and every kind of bad input.
 
+mod common;
+
+use common::{rd, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use rd_anomaly_map::MapMode;
 use rd_backbone::{Backbone, Teacher};
 use rd_model::{ModelConfig, ModelMeta, PostStats, ReverseDistillation, Student, Variant};
-
-fn rd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rd"))
-        .args(args)
-        .output()
-        .expect("the rd binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The data of a float32 `.npy` written by rd.
 fn read_npy(path: &Path) -> Vec<f32> {

@@ -1,27 +1,13 @@
 //! `rd train` then `rd eval` then `rd predict` on a tiny synthetic dataset, as a user runs them.
 
+mod common;
+
+use common::{rd, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use rd_dataset::synthetic::{generate, SyntheticConfig};
 use rd_dataset::SyntheticCategory;
-
-fn rd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rd"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", "/nonexistent-rd-test-cache")
-        .output()
-        .expect("the rd binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn tiny_dataset(root: &Path) {
     let config = SyntheticConfig {
@@ -230,10 +216,8 @@ fn a_killed_training_run_resumes_from_its_last_checkpoint() {
         "-o",
         model.to_str().unwrap(),
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rd"))
+    let mut child = common::rd_command()
         .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", "/nonexistent-rd-test-cache")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -3,7 +3,7 @@
 use crate::image::RgbImage32;
 
 /// Per-channel mean and standard deviation for RGB images.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalization {
     /// Mean of each channel (R, G, B).
     pub mean: [f32; 3],

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use rd_anomaly_map::MapMode;
 use rd_backbone::{Backbone, Teacher, WeightFile};
+use rd_dataset::Normalization;
 use rd_metrics::{MinMax, PostProcessor, Thresholds};
 use serde::{Deserialize, Serialize};
 
@@ -27,23 +28,6 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const TEACHER_PREFIX: &str = "encoder.feature_extractor.";
 /// Prefix of optimiser-state tensors in training checkpoints.
 pub const OPTIMIZER_PREFIX: &str = "adam.";
-
-/// Input normalisation applied to `[0, 1]` RGB before the model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct NormalizationMeta {
-    /// Per-channel mean (R, G, B).
-    pub mean: [f32; 3],
-    /// Per-channel standard deviation (R, G, B).
-    pub std: [f32; 3],
-}
-
-impl NormalizationMeta {
-    /// ImageNet statistics, what anomalib's default pre-processor uses.
-    pub const IMAGENET: NormalizationMeta = NormalizationMeta {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-}
 
 /// anomalib's post-processing statistics; `None` where not computed (anomalib's NaN buffers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -135,7 +119,7 @@ pub struct ModelMeta {
     /// Model input (height, width).
     pub image_size: [usize; 2],
     /// Input normalisation.
-    pub normalization: NormalizationMeta,
+    pub normalization: Normalization,
     /// How the scales of the anomaly map combine.
     pub map_mode: MapMode,
     /// σ of the anomaly-map blur.
@@ -154,7 +138,7 @@ impl ModelMeta {
             teacher_weights: teacher_weights.into(),
             variant: config.variant,
             image_size: [config.image_size.0, config.image_size.1],
-            normalization: NormalizationMeta::IMAGENET,
+            normalization: Normalization::IMAGENET,
             map_mode: config.map_mode,
             blur_sigma: 4.0,
             post: PostStats::default(),

@@ -12,7 +12,6 @@ use rd_dataset::{Loader, LoaderConfig, Normalization, Sample, SkippedFile};
 use rd_metrics::MapShape;
 
 use crate::batches::batch_to_tensor;
-use crate::file::NormalizationMeta;
 use crate::fit_log::progress_bar;
 use crate::{ModelError, ModelMeta, Result, ReverseDistillation};
 
@@ -22,7 +21,7 @@ pub struct PredictConfig {
     /// Images per forward pass.
     pub batch_size: usize,
     /// Input normalisation (the model file's).
-    pub normalization: NormalizationMeta,
+    pub normalization: Normalization,
     /// Skip unreadable images (listed in [`Predictions::skipped`]) instead of stopping.
     pub skip_bad: bool,
     /// Decode images on this many threads (`None`: rayon's global pool).
@@ -36,7 +35,7 @@ impl PredictConfig {
     pub fn new(batch_size: usize) -> Self {
         PredictConfig {
             batch_size,
-            normalization: NormalizationMeta::IMAGENET,
+            normalization: Normalization::IMAGENET,
             skip_bad: false,
             loader_threads: None,
             progress: false,
@@ -116,10 +115,7 @@ pub fn predict(
     }
     let (h, w) = model.config().image_size;
     let mut lc = LoaderConfig::new(h, w, config.batch_size);
-    lc.preprocess.normalization = Some(Normalization {
-        mean: config.normalization.mean,
-        std: config.normalization.std,
-    });
+    lc.preprocess.normalization = Some(config.normalization);
     lc.skip_bad = config.skip_bad;
     lc.num_threads = config.loader_threads;
     let mut loader = Loader::new(samples.to_vec(), lc)?;
