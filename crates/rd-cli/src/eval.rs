@@ -117,6 +117,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     predict_config.progress = !quiet;
     let predictions = predict(&model, &splits.test, &predict_config)
         .with_context(|| format!("cannot score the test images of {data_desc}"))?;
+    tracing::info!(images = predictions.len(), "test images scored");
     let stored = meta.post.post_processor();
     let (post, thresholds) = if stored.image_normalizer().is_identity() {
         if !quiet {

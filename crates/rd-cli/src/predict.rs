@@ -96,7 +96,15 @@ enum Input {
 /// Runs `rd predict`; `Ok(false)` when some images failed.
 pub fn run(args: PredictArgs, quiet: bool) -> Result<bool> {
     let device = args.device.open()?;
+    let started = std::time::Instant::now();
     let LoadedModel { model, meta, .. } = ReverseDistillation::load(&args.model, &device)?;
+    tracing::info!(
+        model = %args.model.display(),
+        backbone = %meta.backbone,
+        size = ?meta.image_size,
+        seconds = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     if args.raw_maps {
@@ -146,7 +154,13 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<bool> {
     let bar = progress_bar(inputs.len() as u64, "scoring", quiet);
     let mut failed = 0usize;
     for chunk in inputs.chunks(args.batch_size as usize) {
+        let t = std::time::Instant::now();
         let lines = ctx.score_batch(&model, chunk);
+        tracing::debug!(
+            images = chunk.len(),
+            seconds = t.elapsed().as_secs_f64(),
+            "batch scored"
+        );
         for line in lines {
             if line.error.is_some() {
                 failed += 1;

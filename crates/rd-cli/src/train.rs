@@ -221,7 +221,14 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
             fit.config().batch_size
         );
     }
+    tracing::info!(
+        train = splits.train.len(),
+        test = splits.test.len(),
+        validation = splits.validation.as_ref().map_or(0, Vec::len),
+        "dataset loaded"
+    );
     let report = fit.run(&splits.train)?;
+    tracing::info!(steps = report.steps, seconds = report.seconds, outcome = ?report.outcome, "training finished");
     for s in &report.skipped {
         eprintln!("warning: skipped {}: {}", s.path.display(), s.reason);
     }
