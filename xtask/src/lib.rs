@@ -1,6 +1,7 @@
 //! The library half of `cargo xtask`: one module per subcommand, so that `main.rs` stays a thin
 //! dispatcher and the integration tests in `xtask/tests/` can call the subcommands directly.
 
+pub mod bench;
 pub mod download;
 pub mod eval;
 mod rd;

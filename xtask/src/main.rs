@@ -23,6 +23,8 @@ enum Command {
     Train(xtask::train::TrainArgs),
     /// Evaluate models per category, beside the paper's and anomalib's published numbers.
     Eval(xtask::eval::EvalArgs),
+    /// Time inference, training and start-up (optionally against anomalib with --torch-python).
+    Bench(xtask::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Download(args) => xtask::download::run(args),
         Command::Train(args) => xtask::train::run(args),
         Command::Eval(args) => xtask::eval::run(args),
+        Command::Bench(args) => xtask::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

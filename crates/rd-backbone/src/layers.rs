@@ -6,6 +6,7 @@ use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::arch::BlockKind;
+use crate::fast::{self, Affine};
 use crate::params::CONV_INIT;
 
 /// A 2-D convolution without bias (`nn.Conv2d(..., bias=False)`), weight (out, in, k, k).
@@ -48,11 +49,56 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// The stride.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The zero padding on each side.
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// Whether this is a 1×1, stride-1, unpadded convolution (a plain matmul over channels).
+    fn is_pointwise(&self) -> bool {
+        self.stride == 1 && self.padding == 0 && self.weight.dims()[2..] == [1, 1]
+    }
+
+    /// The reference forward pass: Candle's `conv2d`.
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+    }
+
+    /// Eval-mode `act(bn(conv(x)) + residual)` in one fused kernel (no autograd graph).
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        bn: Option<&Affine>,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        fast::conv2d_fused(
+            x,
+            &self.weight,
+            bn,
+            self.stride,
+            self.padding,
+            residual,
+            relu,
+        )
+    }
 }
 
 impl Module for Conv2d {
+    /// Differentiable; 1×1 stride-1 convolutions run as a matmul (much faster backward on large
+    /// maps), others as Candle's `conv2d`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        if self.is_pointwise() && fast::fast_ok(x) {
+            fast::conv1x1_matmul(x, &self.weight)
+        } else {
+            self.forward_reference(x)
+        }
     }
 }
 
@@ -122,6 +168,28 @@ impl BatchNorm2d {
         self.affine(x, &mean.to_dtype(x.dtype())?, &invstd)
     }
 
+    /// The eval-mode normalisation as a per-channel scale and shift (computed in f64), for
+    /// folding into the preceding convolution.
+    pub fn eval_affine(&self) -> Result<Affine> {
+        let get = |t: &Tensor| -> Result<Vec<f64>> { t.to_dtype(DType::F64)?.to_vec1::<f64>() };
+        let (g, b) = (get(&self.weight)?, get(&self.bias)?);
+        let (m, v) = (get(&self.running_mean)?, get(&self.running_var)?);
+        let scale: Vec<f64> = g
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| g / (v + Self::EPS).sqrt())
+            .collect();
+        Ok(Affine {
+            shift: b
+                .iter()
+                .zip(&m)
+                .zip(&scale)
+                .map(|((b, m), s)| (b - m * s) as f32)
+                .collect(),
+            scale: scale.into_iter().map(|s| s as f32).collect(),
+        })
+    }
+
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
         let invstd = (self.running_var.detach() + Self::EPS)?.sqrt()?.recip()?;
         self.affine(x, &self.running_mean.detach(), &invstd)
@@ -149,6 +217,18 @@ impl ConvBn {
     /// Pairs a convolution with the BatchNorm that follows it.
     pub fn new(conv: Conv2d, bn: BatchNorm2d) -> Self {
         ConvBn { conv, bn }
+    }
+
+    /// Eval mode, fused: `act(bn(conv(x)) + residual)` with the BatchNorm folded into the
+    /// convolution (no autograd graph).
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let bn = self.bn.eval_affine()?;
+        self.conv.forward_fused(x, Some(&bn), residual, relu)
     }
 }
 
@@ -209,8 +289,31 @@ impl ResidualBlock {
     }
 }
 
+impl ResidualBlock {
+    /// Eval mode with the fused kernels: every BatchNorm folded, ReLU and the residual add fused.
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let identity = match &self.downsample {
+            Some(d) => d.forward_fused(x, None, false)?,
+            None => x.clone(),
+        };
+        let last = self.stages.len() - 1;
+        let mut h = x.clone();
+        for (i, stage) in self.stages.iter().enumerate() {
+            h = if i == last {
+                stage.forward_fused(&h, Some(&identity), true)?
+            } else {
+                stage.forward_fused(&h, None, true)?
+            };
+        }
+        Ok(h)
+    }
+}
+
 impl ModuleT for ResidualBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && fast::fast_ok(x) {
+            return self.forward_fused(x);
+        }
         let last = self.stages.len() - 1;
         let mut h = x.clone();
         for (i, stage) in self.stages.iter().enumerate() {

@@ -20,6 +20,7 @@
 
 mod arch;
 mod error;
+pub mod fast;
 pub mod layers;
 pub mod params;
 mod teacher;

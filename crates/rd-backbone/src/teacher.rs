@@ -134,7 +134,12 @@ impl Teacher {
     /// layer1..layer3 features of an ImageNet-normalised batch `[B, 3, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<FeatureMaps> {
         check_input(x)?;
-        let h = self.conv1.forward(x)?.apply_t(&self.bn1, false)?.relu()?;
+        let h = if crate::fast::fast_ok(x) {
+            let bn = self.bn1.eval_affine()?;
+            self.conv1.forward_fused(x, Some(&bn), None, true)?
+        } else {
+            self.conv1.forward(x)?.apply_t(&self.bn1, false)?.relu()?
+        };
         // PyTorch pads max-pooling with -inf; repeating the edge gives the same maxima because
         // every window already contains the edge pixel.
         let h = h

@@ -57,6 +57,16 @@ impl Ocbe {
 
     /// The embedding of teacher features; `train` selects batch-statistics BatchNorm2d.
     pub fn forward_t(&self, f: &FeatureMaps, train: bool) -> Result<Tensor> {
+        if !train && rd_backbone::fast::fast_ok(&f[0]) {
+            let fused = |c: &Conv2d, bn: &BatchNorm2d, x: &Tensor| -> Result<Tensor> {
+                c.forward_fused(x, Some(&bn.eval_affine()?), None, true)
+            };
+            let l1 = fused(&self.conv1, &self.bn1, &f[0])?;
+            let l1 = fused(&self.conv2, &self.bn2, &l1)?;
+            let l2 = fused(&self.conv3, &self.bn3, &f[1])?;
+            let cat = Tensor::cat(&[&l1, &l2, &f[2]], 1)?;
+            return self.bn_layer.forward_t(&cat, train);
+        }
         let l1 = self
             .conv1
             .forward(&f[0])?

@@ -1,0 +1,356 @@
+//! Fast CPU kernels for inference (eval mode), next to the reference path built from Candle ops.
+//!
+//! Candle's CPU `conv2d` copies NCHW to NHWC on one thread and builds its im2col in small tiles,
+//! reaching about a third of its own matmul speed; `conv_transpose2d` has no matmul path at all;
+//! and every element-wise op (BatchNorm's sub/mul/add, ReLU, the residual add) is a separate,
+//! single-threaded pass over the activations. The fused kernels here do, per layer:
+//!
+//! * BatchNorm folded into the convolution (eval statistics): `w' = w·γ/σ`, `b' = β − μ·γ/σ`;
+//! * one parallel im2col (none for 1×1 stride-1 convolutions) and one `gemm` call per image,
+//!   with the output buffer pre-filled with the folded bias (`C = C + W·col`);
+//! * the residual add and ReLU in one parallel pass over the output.
+//!
+//! The k2 s2 transposed convolution is likewise one `gemm` (`(4·c_out, c_in) × (c_in, h·w)`)
+//! and a pixel shuffle into the output, fused with the bias, residual and ReLU.
+//!
+//! These kernels make tensors without an autograd graph, so they only serve eval-mode forward
+//! passes; training keeps Candle's differentiable ops. [`with_reference`] runs a closure with the
+//! reference (pure Candle) path everywhere, which the equivalence tests compare against.
+
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+thread_local! {
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is in reference mode (see [`with_reference`]).
+pub fn reference_mode() -> bool {
+    REFERENCE.with(Cell::get)
+}
+
+/// Runs `f` with the reference implementation (Candle ops only) on this thread.
+pub fn with_reference<T>(f: impl FnOnce() -> T) -> T {
+    let before = REFERENCE.with(|r| r.replace(true));
+    let out = f();
+    REFERENCE.with(|r| r.set(before));
+    out
+}
+
+/// Whether the fast kernels can run on `x`: not in reference mode, CPU, f32.
+pub fn fast_ok(x: &Tensor) -> bool {
+    !reference_mode() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// Runs `f` on the contiguous f32 data of `x` without copying when possible.
+fn with_data<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    if x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(v)) = &*storage {
+            let start = layout.start_offset();
+            return Ok(f(&v[start..start + x.elem_count()]));
+        }
+    }
+    let v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(f(&v))
+}
+
+/// Eval-mode BatchNorm as a per-channel scale and shift: `y = x·scale + shift`.
+#[derive(Debug, Clone)]
+pub struct Affine {
+    /// γ / √(σ² + ε) per channel.
+    pub scale: Vec<f32>,
+    /// β − μ·scale per channel.
+    pub shift: Vec<f32>,
+}
+
+fn gemm_threads() -> gemm::Parallelism {
+    let n = rayon::current_num_threads();
+    if n > 1 {
+        gemm::Parallelism::Rayon(n)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `dst (m×n) += lhs (m×k) · rhs (k×n)`, all row-major and contiguous.
+fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the asserts above bound every access gemm makes with these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm_threads(),
+        )
+    }
+}
+
+/// Adds `residual` (same length) and applies ReLU, in parallel chunks.
+fn epilogue(out: &mut [f32], residual: Option<&[f32]>, relu: bool) {
+    const CHUNK: usize = 1 << 14;
+    match residual {
+        Some(r) => out
+            .par_chunks_mut(CHUNK)
+            .zip(r.par_chunks(CHUNK))
+            .for_each(|(o, r)| {
+                for (o, r) in o.iter_mut().zip(r) {
+                    let v = *o + r;
+                    *o = if relu { v.max(0.0) } else { v };
+                }
+            }),
+        None if relu => out.par_chunks_mut(CHUNK).for_each(|o| {
+            for o in o.iter_mut() {
+                *o = o.max(0.0);
+            }
+        }),
+        None => {}
+    }
+}
+
+/// `act(conv2d(x, w)·scale + shift + residual)` for NCHW `x` and square kernels `w`
+/// (c_out, c_in, k, k), with zero padding; a fresh tensor without autograd graph.
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bn: Option<&Affine>,
+    stride: usize,
+    padding: usize,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let (co, ci_w, kh, kw) = w.dims4()?;
+    if ci != ci_w {
+        candle_core::bail!("conv2d_fused: input has {ci} channels, kernel expects {ci_w}");
+    }
+    let ho = (h + 2 * padding - kh) / stride + 1;
+    let wo = (wd + 2 * padding - kw) / stride + 1;
+    let (k, n) = (ci * kh * kw, ho * wo);
+    // Folded weight (c_out, k) and bias.
+    let mut wv = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; b * co * n];
+    if let Some(bn) = bn {
+        for (o, row) in wv.chunks_mut(k).enumerate() {
+            let s = bn.scale[o];
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        out.par_chunks_mut(n).enumerate().for_each(|(i, plane)| {
+            plane.fill(bn.shift[i % co]);
+        });
+    }
+    let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
+    with_data(x, |xv| {
+        let mut col = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; k * n]
+        };
+        for bi in 0..b {
+            let img = &xv[bi * ci * h * wd..(bi + 1) * ci * h * wd];
+            let dst = &mut out[bi * co * n..(bi + 1) * co * n];
+            if direct {
+                gemm_acc(dst, &wv, img, co, n, k);
+            } else {
+                im2col(img, &mut col, h, wd, kh, kw, stride, padding, ho, wo);
+                gemm_acc(dst, &wv, &col, co, n, k);
+            }
+        }
+    })?;
+    let out = match residual {
+        Some(r) => {
+            if r.dims() != [b, co, ho, wo] {
+                candle_core::bail!(
+                    "conv2d_fused: residual {:?} vs output {:?}",
+                    r.dims(),
+                    [b, co, ho, wo]
+                );
+            }
+            with_data(r, |rv| {
+                epilogue(&mut out, Some(rv), relu);
+                out
+            })?
+        }
+        None => {
+            epilogue(&mut out, None, relu);
+            out
+        }
+    };
+    Tensor::from_vec(out, (b, co, ho, wo), x.device())
+}
+
+/// Rows `(c, ky, kx)` of the im2col matrix of one image, in parallel over rows.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    img: &[f32],
+    col: &mut [f32],
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+) {
+    let n = ho * wo;
+    col.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        let c = r / (kh * kw);
+        let ky = (r / kw) % kh;
+        let kx = r % kw;
+        let plane = &img[c * h * w..(c + 1) * h * w];
+        for oy in 0..ho {
+            let dst = &mut row[oy * wo..(oy + 1) * wo];
+            let iy = (oy * stride + ky) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            if stride == 1 {
+                // ix = ox + kx − pad: a shifted copy with zeros at the borders.
+                let shift = kx as isize - pad as isize;
+                let lo = (-shift).clamp(0, wo as isize) as usize;
+                let hi = ((w as isize - shift).clamp(0, wo as isize)) as usize;
+                dst[..lo].fill(0.0);
+                if hi > lo {
+                    let s0 = (lo as isize + shift) as usize;
+                    dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                }
+                dst[hi.max(lo)..].fill(0.0);
+            } else {
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    let ix = (ox * stride + kx) as isize - pad as isize;
+                    *d = if ix < 0 || ix >= w as isize {
+                        0.0
+                    } else {
+                        src[ix as usize]
+                    };
+                }
+            }
+        }
+    });
+}
+
+/// `act(conv_transpose2d(x, w, stride 2)·scale + shift + residual)` for a k2 s2 kernel
+/// `w` (c_in, c_out, 2, 2); a fresh tensor without autograd graph.
+pub fn deconv2x2_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bn: Option<&Affine>,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let (ci_w, co, kh, kw) = w.dims4()?;
+    if ci != ci_w || kh != 2 || kw != 2 {
+        candle_core::bail!(
+            "deconv2x2_fused: kernel {:?} for input {:?}",
+            w.dims(),
+            x.dims()
+        );
+    }
+    let n = h * wd;
+    // lhs (co·4, ci): row (o, dy, dx) holds w[:, o, dy, dx]·scale[o].
+    let mut lhs = w
+        .to_dtype(DType::F32)?
+        .reshape((ci, co * 4))?
+        .t()?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(bn) = bn {
+        for (r, row) in lhs.chunks_mut(ci).enumerate() {
+            let s = bn.scale[r / 4];
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+    let (ho, wo) = (2 * h, 2 * wd);
+    let mut out = vec![0f32; b * co * ho * wo];
+    let mut tmp = vec![0f32; co * 4 * n];
+    with_data(x, |xv| {
+        for bi in 0..b {
+            tmp.fill(0.0);
+            gemm_acc(
+                &mut tmp,
+                &lhs,
+                &xv[bi * ci * n..(bi + 1) * ci * n],
+                co * 4,
+                n,
+                ci,
+            );
+            let dst = &mut out[bi * co * ho * wo..(bi + 1) * co * ho * wo];
+            dst.par_chunks_mut(ho * wo)
+                .enumerate()
+                .for_each(|(o, plane)| {
+                    let shift = bn.map_or(0.0, |bn| bn.shift[o]);
+                    for dy in 0..2 {
+                        for dx in 0..2 {
+                            let src = &tmp[(o * 4 + dy * 2 + dx) * n..][..n];
+                            for y in 0..h {
+                                let row = &mut plane[(2 * y + dy) * wo..][..wo];
+                                for x in 0..wd {
+                                    row[2 * x + dx] = src[y * wd + x] + shift;
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+    })?;
+    let out = match residual {
+        Some(r) => with_data(r, |rv| {
+            epilogue(&mut out, Some(rv), relu);
+            out
+        })?,
+        None => {
+            epilogue(&mut out, None, relu);
+            out
+        }
+    };
+    Tensor::from_vec(out, (b, co, ho, wo), x.device())
+}
+
+/// ConvTranspose2d(k 2, s 2, no padding) as a matmul plus a pixel shuffle, built from
+/// differentiable Candle ops (for training): `w` is (c_in, c_out, 2, 2).
+pub fn deconv2x2_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let co = w.dim(1)?;
+    // (b, h·w, ci) × (ci, co·4) → (b, h, w, co, 2, 2) → (b, co, h, 2, w, 2)
+    let xt = x.reshape((b, ci, h * wd))?.transpose(1, 2)?.contiguous()?;
+    let y = xt
+        .reshape((b * h * wd, ci))?
+        .matmul(&w.reshape((ci, co * 4))?)?;
+    y.reshape((b, h, wd, co, 2, 2))?
+        .permute((0, 3, 1, 4, 2, 5))?
+        .contiguous()?
+        .reshape((b, co, 2 * h, 2 * wd))
+}
+
+/// A 1×1, stride-1 convolution as a batched matmul (differentiable): `w` is (c_out, c_in, 1, 1).
+pub fn conv1x1_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let co = w.dim(0)?;
+    w.reshape((co, ci))?
+        .broadcast_left(b)?
+        .matmul(&x.reshape((b, ci, h * wd))?)?
+        .reshape((b, co, h, wd))
+}

@@ -1,0 +1,549 @@
+//! `cargo xtask bench`: speed and memory of inference, training and start-up, optionally side by
+//! side with anomalib on PyTorch (`--torch-python`), interleaved in the same run.
+//!
+//! Every measurement runs in a fresh worker process (this binary with a hidden `--worker`, or the
+//! Python helper `bench_torch.py`), so each row's peak RSS is that process's own. Rows are
+//! measured in `--rounds` interleaved rounds (ours, anomalib, ours, anomalib, …); each worker does
+//! `--warmup` untimed then `--runs` timed iterations; a row's time is the median over all of them.
+//! On these noisy machines only ratios from one run mean anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use rd_anomaly_map::MapMode;
+use rd_backbone::{Backbone, Teacher};
+use rd_model::{
+    AdamConfig, ModelConfig, ModelMeta, ReverseDistillation, Student, Trainer, Variant,
+};
+use serde_json::{json, Value};
+
+const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A Python with anomalib installed: also run anomalib's model and print the ratios.
+    #[arg(long, value_name = "PATH")]
+    pub torch_python: Option<PathBuf>,
+    /// Backbones to measure (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet18,wide_resnet50_2"
+    )]
+    pub backbones: Vec<String>,
+    /// Row kinds to measure (comma-separated): infer1, infer8, train8, startup.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "infer1,infer8,train8,startup"
+    )]
+    pub rows: Vec<String>,
+    /// Image size (square).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Threads for both sides (RAYON_NUM_THREADS / torch.set_num_threads).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Untimed iterations per worker.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed iterations per worker.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Interleaved rounds per row (each round starts one worker per side).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/bench.json")]
+    pub json: PathBuf,
+    /// Run our side through the reference (pure Candle) path instead of the fast kernels.
+    #[arg(long)]
+    pub reference: bool,
+    /// Internal: run one measurement in this process (`infer:BACKBONE:BATCH` or `train:…`).
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+}
+
+/// Runs the benchmark (re-running itself as a release build first when built for debugging).
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(w) = &args.worker {
+        return if args.reference {
+            rd_backbone::fast::with_reference(|| worker(w, &args))
+        } else {
+            worker(w, &args)
+        };
+    }
+    let root = crate::workspace_root();
+    if cfg!(debug_assertions) {
+        eprintln!("building release binaries (rd, xtask)…");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "rd-cli", "-p", "xtask"])
+            .status()
+            .context("running cargo build --release")?;
+        if !status.success() {
+            bail!("cargo build --release failed");
+        }
+        let exe = root.join("target/release/xtask");
+        let status = Command::new(exe)
+            .current_dir(&root)
+            .args(std::env::args_os().skip(1))
+            .status()
+            .context("running the release xtask")?;
+        if !status.success() {
+            bail!("the release benchmark failed");
+        }
+        return Ok(());
+    }
+    orchestrate(&args, &root)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// One side's result for a row: all timed iterations and the largest peak RSS seen.
+#[derive(Debug, Default, Clone)]
+struct Side {
+    times: Vec<f64>,
+    rss_kb: u64,
+}
+
+impl Side {
+    fn add(&mut self, v: &Value) -> Result<()> {
+        let times = v["times_s"]
+            .as_array()
+            .context("worker output without times_s")?;
+        self.times.extend(times.iter().filter_map(Value::as_f64));
+        self.rss_kb = self.rss_kb.max(v["peak_rss_kb"].as_u64().unwrap_or(0));
+        Ok(())
+    }
+    fn json(&self) -> Value {
+        json!({"median_s": median(&self.times), "times_s": self.times, "peak_rss_kb": self.rss_kb})
+    }
+}
+
+fn last_json_line(out: &[u8]) -> Result<Value> {
+    let s = String::from_utf8_lossy(out);
+    let line = s
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("no JSON line in worker output: {s}"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn run_captured(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// A Python command with BLAS/OpenMP threads pinned and the OpenBLAS core overrides removed (they
+/// slow a current numpy; they stay set for tests and CI, see the environment README).
+fn python(py: &Path, script: &Path, threads: usize) -> Command {
+    let mut c = Command::new(py);
+    c.arg(script)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .env("MKL_NUM_THREADS", threads.to_string());
+    c
+}
+
+/// Runs `cmd` under `/usr/bin/time`, returning (wall seconds, max RSS in KiB).
+fn time_process(mut cmd: Command, what: &str, tmp: &Path) -> Result<(f64, u64)> {
+    let rss_file = tmp.join("rss.txt");
+    let have_time = Path::new("/usr/bin/time").exists();
+    let mut full = if have_time {
+        let mut t = Command::new("/usr/bin/time");
+        t.arg("-f").arg("%M").arg("-o").arg(&rss_file);
+        t.arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => t.env(k, v),
+                None => t.env_remove(k),
+            };
+        }
+        t
+    } else {
+        std::mem::replace(&mut cmd, Command::new("true"))
+    };
+    full.stdout(Stdio::null());
+    let t0 = Instant::now();
+    let status = full.status().with_context(|| format!("starting {what}"))?;
+    let wall = t0.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    let rss = if have_time {
+        std::fs::read_to_string(&rss_file)
+            .ok()
+            .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    Ok((wall, rss))
+}
+
+/// A 24-bit BMP of seeded noise (no image encoder needed; both sides read BMP).
+fn write_bmp(path: &Path, size: usize) -> Result<()> {
+    let row = (size * 3).div_ceil(4) * 4;
+    let data_len = row * size;
+    let mut b = Vec::with_capacity(54 + data_len);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&((54 + data_len) as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&54u32.to_le_bytes());
+    b.extend_from_slice(&40u32.to_le_bytes());
+    b.extend_from_slice(&(size as i32).to_le_bytes());
+    b.extend_from_slice(&(size as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    b.extend_from_slice(&[0u8; 24]);
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..size {
+        for x in 0..row {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            b.push(if x < size * 3 { (s >> 24) as u8 } else { 0 });
+        }
+    }
+    std::fs::write(path, b)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    backbone: String,
+    kind: String,
+    ours: Side,
+    torch: Option<Side>,
+}
+
+impl Row {
+    fn label(&self, size: usize) -> String {
+        let what = match self.kind.as_str() {
+            "infer1" => "inference, batch 1".to_string(),
+            "infer8" => "inference, batch 8".to_string(),
+            "train8" => "training step, batch 8".to_string(),
+            "startup" => "start to first score (`rd predict`)".to_string(),
+            k => k.to_string(),
+        };
+        format!("{} {size}² {what}", self.backbone)
+    }
+}
+
+fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let rd = root.join("target/release/rd");
+    let tmp = std::env::temp_dir().join(format!("rd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let script = tmp.join("bench_torch.py");
+    std::fs::write(&script, TORCH_SCRIPT)?;
+    let threads = args.threads;
+    let py = args.torch_python.as_deref();
+
+    let mut rows: Vec<Row> = Vec::new();
+    for backbone in &args.backbones {
+        backbone
+            .parse::<Backbone>()
+            .with_context(|| format!("unknown backbone {backbone}"))?;
+        for kind in &args.rows {
+            let mut row = Row {
+                backbone: backbone.clone(),
+                kind: kind.clone(),
+                ours: Side::default(),
+                torch: py.map(|_| Side::default()),
+            };
+            eprintln!("== {}", row.label(args.size));
+            if kind == "startup" {
+                startup_row(&mut row, args, &rd, py, &script, &tmp)?;
+            } else {
+                let (mode, batch) = match kind.as_str() {
+                    "infer1" => ("infer", 1),
+                    "infer8" => ("infer", 8),
+                    "train8" => ("train", 8),
+                    k => bail!("unknown row kind {k} (infer1, infer8, train8, startup)"),
+                };
+                for round in 0..args.rounds {
+                    let mut ours = Command::new(&exe);
+                    ours.current_dir(root)
+                        .env("RAYON_NUM_THREADS", threads.to_string())
+                        .args(["bench", "--worker", &format!("{mode}:{backbone}:{batch}")])
+                        .args(["--size", &args.size.to_string()])
+                        .args(["--warmup", &args.warmup.to_string()])
+                        .args(["--runs", &args.runs.to_string()]);
+                    if args.reference {
+                        ours.arg("--reference");
+                    }
+                    let v = last_json_line(&run_captured(ours, "our worker")?)?;
+                    row.ours.add(&v)?;
+                    eprintln!("  round {round}: ours  {:?}", v["times_s"]);
+                    if let (Some(py), Some(side)) = (py, row.torch.as_mut()) {
+                        let mut c = python(py, &script, threads);
+                        c.args([mode, backbone])
+                            .arg(args.size.to_string())
+                            .arg(batch.to_string())
+                            .arg(args.warmup.to_string())
+                            .arg(args.runs.to_string())
+                            .arg(threads.to_string());
+                        let v = last_json_line(&run_captured(c, "the anomalib worker")?)?;
+                        side.add(&v)?;
+                        eprintln!("  round {round}: torch {:?}", v["times_s"]);
+                    }
+                }
+            }
+            rows.push(row);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let table = render_table(&rows, args);
+    println!("{table}");
+    let json = json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "threads": threads,
+        "size": args.size,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "rounds": args.rounds,
+        "rows": rows.iter().map(|r| json!({
+            "backbone": r.backbone,
+            "row": r.kind,
+            "ours": r.ours.json(),
+            "anomalib": r.torch.as_ref().map(Side::json),
+            "speedup": r.torch.as_ref().map(|t| median(&t.times) / median(&r.ours.times)),
+            "rss_ratio": r.torch.as_ref().map(|t| r.ours.rss_kb as f64 / t.rss_kb.max(1) as f64),
+        })).collect::<Vec<_>>(),
+    });
+    let path = if args.json.is_absolute() {
+        args.json.clone()
+    } else {
+        root.join(&args.json)
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn startup_row(
+    row: &mut Row,
+    args: &BenchArgs,
+    rd: &Path,
+    py: Option<&Path>,
+    script: &Path,
+    tmp: &Path,
+) -> Result<()> {
+    if !rd.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p rd-cli`",
+            rd.display()
+        );
+    }
+    let backbone: Backbone = row.backbone.parse()?;
+    let image = tmp.join("image.bmp");
+    write_bmp(&image, args.size)?;
+    let model_path = tmp.join(format!("{}.safetensors", row.backbone));
+    let model = seeded_model(backbone, args.size)?;
+    let meta = ModelMeta::new(model.config(), "seeded");
+    model.save(&model_path, &meta, &[])?;
+    drop(model);
+    let torch_weights = tmp.join(format!("{}-torch.safetensors", row.backbone));
+    if let Some(py) = py {
+        let mut c = python(py, script, args.threads);
+        c.args(["export", &row.backbone])
+            .arg(args.size.to_string())
+            .arg(&torch_weights);
+        run_captured(c, "the anomalib export")?;
+    }
+    // Warm the page cache for both sides once, then interleave.
+    for round in 0..=args.runs.max(1) {
+        let out = tmp.join("pred");
+        let mut ours = Command::new(rd);
+        ours.env("RAYON_NUM_THREADS", args.threads.to_string())
+            .args(["predict", "--model"])
+            .arg(&model_path)
+            .arg(&image)
+            .arg("--out")
+            .arg(&out);
+        let (wall, rss) = time_process(ours, "rd predict", tmp)?;
+        if round > 0 {
+            row.ours.times.push(wall);
+            row.ours.rss_kb = row.ours.rss_kb.max(rss);
+        }
+        if let (Some(py), Some(side)) = (py, row.torch.as_mut()) {
+            let mut c = python(py, script, args.threads);
+            c.args(["startup", &row.backbone])
+                .arg(args.size.to_string())
+                .arg(&torch_weights)
+                .arg(&image)
+                .arg(args.threads.to_string());
+            let (twall, trss) = time_process(c, "the anomalib start-up", tmp)?;
+            if round > 0 {
+                side.times.push(twall);
+                side.rss_kb = side.rss_kb.max(trss);
+            }
+            eprintln!("  ours {wall:.3}s {rss} KiB | anomalib {twall:.3}s {trss} KiB");
+        } else {
+            eprintln!("  ours {wall:.3}s {rss} KiB");
+        }
+    }
+    Ok(())
+}
+
+fn seeded_model(backbone: Backbone, size: usize) -> Result<ReverseDistillation> {
+    let dev = Device::Cpu;
+    let config = ModelConfig {
+        backbone,
+        variant: Variant::Anomalib,
+        image_size: (size, size),
+        map_mode: MapMode::Add,
+    };
+    let teacher = Teacher::seeded(backbone, 0, &dev)?;
+    let student = Student::seeded(backbone, config.variant, 1, &dev)?;
+    Ok(ReverseDistillation::new(config, teacher, student)?)
+}
+
+/// A seeded input batch in roughly the ImageNet-normalised range.
+fn input(batch: usize, size: usize) -> Result<Tensor> {
+    let n = batch * 3 * size * size;
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu)?)
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// One measurement in this process; prints one JSON line.
+fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [mode, backbone, batch] = parts[..] else {
+        bail!("bad worker spec {spec}");
+    };
+    let backbone: Backbone = backbone.parse()?;
+    let batch: usize = batch.parse()?;
+    let model = seeded_model(backbone, args.size)?;
+    let x = input(batch, args.size)?;
+    let mut times = Vec::new();
+    match mode {
+        "infer" => {
+            for i in 0..args.warmup + args.runs {
+                let t0 = Instant::now();
+                let maps = model.anomaly_maps(&x)?;
+                let _: Vec<f32> = maps.scores.to_vec1()?;
+                if i >= args.warmup {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+        "train" => {
+            let mut trainer = Trainer::new(model, AdamConfig::anomalib());
+            for i in 0..args.warmup + args.runs {
+                let t0 = Instant::now();
+                let loss = trainer.step(&x)?;
+                let _ = loss.value()?;
+                if i >= args.warmup {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+        m => bail!("bad worker mode {m}"),
+    }
+    println!(
+        "{}",
+        json!({"times_s": times, "peak_rss_kb": peak_rss_kb()})
+    );
+    Ok(())
+}
+
+fn fmt_time(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn render_table(rows: &[Row], args: &BenchArgs) -> String {
+    let mut t = String::new();
+    let torch = args.torch_python.is_some();
+    if torch {
+        t.push_str("| row | ours (median) | anomalib (median) | speed-up | ours peak RSS | anomalib peak RSS | RSS ratio |\n");
+        t.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    } else {
+        t.push_str("| row | ours (median) | ours peak RSS |\n|---|---:|---:|\n");
+    }
+    for r in rows {
+        let ours = median(&r.ours.times);
+        let mb = |kb: u64| format!("{:.0} MiB", kb as f64 / 1024.0);
+        match &r.torch {
+            Some(side) => {
+                let th = median(&side.times);
+                t.push_str(&format!(
+                    "| {} | {} | {} | {:.2}× | {} | {} | {:.2} |\n",
+                    r.label(args.size),
+                    fmt_time(ours),
+                    fmt_time(th),
+                    th / ours,
+                    mb(r.ours.rss_kb),
+                    mb(side.rss_kb),
+                    r.ours.rss_kb as f64 / side.rss_kb.max(1) as f64
+                ));
+            }
+            None => t.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r.label(args.size),
+                fmt_time(ours),
+                mb(r.ours.rss_kb)
+            )),
+        }
+    }
+    t
+}

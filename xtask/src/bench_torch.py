@@ -1,0 +1,131 @@
+"""The anomalib side of `cargo xtask bench` (written to a temporary file and run by it).
+
+Usage:
+    python bench_torch.py infer|train BACKBONE SIZE BATCH WARMUP RUNS THREADS
+        -> one JSON line: {"times_s": [...], "peak_rss_kb": N}
+    python bench_torch.py export BACKBONE SIZE OUT.safetensors
+        -> writes the model's state dict (untimed setup for the start-up row)
+    python bench_torch.py startup BACKBONE SIZE WEIGHTS IMAGE THREADS
+        -> imports anomalib, builds the model, loads WEIGHTS, scores IMAGE, prints the score
+
+anomalib's own `ReverseDistillationModel`, `pre_trained=False`, layers 1..3, map mode `add`;
+training uses anomalib's `ReverseDistillationLoss` and its own `configure_optimizers`.
+"""
+
+import json
+import sys
+import time
+import types
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def build(backbone: str, size: int):
+    from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
+
+    import torch
+
+    torch.manual_seed(0)
+    return ReverseDistillationModel(
+        backbone=backbone,
+        input_size=(size, size),
+        layers=["layer1", "layer2", "layer3"],
+        anomaly_map_mode="add",
+        pre_trained=False,
+    ).float()
+
+
+def timed(mode: str, backbone: str, size: int, batch: int, warmup: int, runs: int) -> None:
+    import torch
+
+    model = build(backbone, size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=g) * 4.0 - 2.0
+    if mode == "infer":
+        model.eval()
+
+        def once():
+            with torch.no_grad():
+                out = model(x)
+            return float(out.pred_score.max())
+
+    else:
+        from anomalib.models.image.reverse_distillation.lightning_model import ReverseDistillation
+        from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+
+        criterion = ReverseDistillationLoss()
+        opt = ReverseDistillation.configure_optimizers(types.SimpleNamespace(model=model))
+        model.train()
+
+        def once():
+            opt.zero_grad(set_to_none=True)
+            teacher, student = model(x)
+            loss = criterion(teacher, student)
+            loss.backward()
+            opt.step()
+            return float(loss)
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"times_s": times, "peak_rss_kb": rss_kb()}))
+
+
+def export(backbone: str, size: int, out: str) -> None:
+    from safetensors.torch import save_file
+
+    model = build(backbone, size)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+
+
+def startup(backbone: str, size: int, weights: str, image: str) -> None:
+    # Everything from here is timed by the caller: imports, model, weights, image, one score.
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    model = build(backbone, size)
+    model.load_state_dict(load_file(weights))
+    model.eval()
+    img = Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model((x - mean) / std)
+    print(json.dumps({"score": float(out.pred_score.flatten()[0]), "peak_rss_kb": rss_kb()}))
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode in ("infer", "train"):
+        backbone, size, batch, warmup, runs, threads = sys.argv[2:8]
+        import torch
+
+        torch.set_num_threads(int(threads))
+        timed(mode, backbone, int(size), int(batch), int(warmup), int(runs))
+    elif mode == "export":
+        export(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "startup":
+        backbone, size, weights, image, threads = sys.argv[2:7]
+        import torch
+
+        torch.set_num_threads(int(threads))
+        startup(backbone, int(size), weights, image)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
