@@ -6,8 +6,9 @@
 //! single-threaded pass over the activations. The fused kernels here do, per layer:
 //!
 //! * BatchNorm folded into the convolution (eval statistics): `w' = w·γ/σ`, `b' = β − μ·γ/σ`;
-//! * one parallel im2col (none for 1×1 stride-1 convolutions) and one `gemm` call per image,
-//!   with the output buffer pre-filled with the folded bias (`C = C + W·col`);
+//! * one parallel im2col (none for 1×1 stride-1 convolutions) and one GEMM call per image,
+//!   with the output buffer pre-filled with the folded bias (`C = C + W·col`): the AVX-512
+//!   kernel of [`crate::sgemm`] where the CPU has AVX-512F, else the `gemm` crate;
 //! * the residual add and ReLU in one parallel pass over the output.
 //!
 //! The k2 s2 transposed convolution is likewise one `gemm` (`(4·c_out, c_in) × (c_in, h·w)`)
@@ -75,8 +76,18 @@ fn gemm_threads() -> gemm::Parallelism {
     }
 }
 
-/// `dst (m×n) += lhs (m×k) · rhs (k×n)`, all row-major and contiguous.
+/// `dst (m×n) += lhs (m×k) · rhs (k×n)`, all row-major and contiguous: the AVX-512 kernel of
+/// [`crate::sgemm`] when the CPU has AVX-512F, else the `gemm` crate (its AVX2/FMA kernel on
+/// stable Rust).
 fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
+    if crate::sgemm::try_sgemm_acc(dst, lhs, rhs, m, n, k) {
+        return;
+    }
+    gemm_crate_acc(dst, lhs, rhs, m, n, k)
+}
+
+/// [`gemm_acc`] through the `gemm` crate only (the fallback; public for the GEMM benchmark).
+pub fn gemm_crate_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     // SAFETY: the asserts above bound every access gemm makes with these strides.
     unsafe {

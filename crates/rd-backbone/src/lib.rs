@@ -23,6 +23,7 @@ mod error;
 pub mod fast;
 pub mod layers;
 pub mod params;
+pub mod sgemm;
 mod teacher;
 pub mod weights;
 
