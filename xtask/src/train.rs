@@ -40,7 +40,7 @@ pub struct TrainArgs {
     image_size: usize,
 
     /// Training epochs per category.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     epochs: usize,
 
     /// Images per step.
