@@ -36,6 +36,19 @@ pub fn npy_header(height: usize, width: usize) -> Vec<u8> {
     out
 }
 
+/// Errors unless `data` holds exactly `height × width` values.
+fn check_shape(data: &[f32], height: usize, width: usize) -> RenderResult<()> {
+    if height.checked_mul(width) == Some(data.len()) {
+        Ok(())
+    } else {
+        Err(RenderError::BufferSize {
+            len: data.len(),
+            height,
+            width,
+        })
+    }
+}
+
 /// Writes `data` as a `(height, width)` float32 `.npy` array to `writer`.
 pub fn write_npy_to<W: Write>(
     mut writer: W,
@@ -43,13 +56,7 @@ pub fn write_npy_to<W: Write>(
     height: usize,
     width: usize,
 ) -> RenderResult<()> {
-    if height.checked_mul(width) != Some(data.len()) {
-        return Err(RenderError::BufferSize {
-            len: data.len(),
-            height,
-            width,
-        });
-    }
+    check_shape(data, height, width)?;
     writer.write_all(&npy_header(height, width))?;
     let mut bytes = Vec::with_capacity(data.len() * 4);
     for v in data {
@@ -68,13 +75,7 @@ pub fn write_npy(
     width: usize,
 ) -> RenderResult<()> {
     // Check the shape before creating the file, so a bad call leaves nothing behind.
-    if height.checked_mul(width) != Some(data.len()) {
-        return Err(RenderError::BufferSize {
-            len: data.len(),
-            height,
-            width,
-        });
-    }
+    check_shape(data, height, width)?;
     let file = BufWriter::new(File::create(path)?);
     write_npy_to(file, data, height, width)
 }
