@@ -30,30 +30,9 @@ fn imports_anomalib_weights_and_inspects_them() {
     };
     let dir = tempfile::tempdir().unwrap();
     for case in cases {
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(case.join("meta.json")).unwrap())
-                .unwrap();
-        let backbone = meta["config"]["backbone"].as_str().unwrap();
-        let size = meta["config"]["input_size"][0]
-            .as_u64()
-            .unwrap()
-            .to_string();
         let out = dir.path().join("imported.safetensors");
-        let weights = case.join("weights.safetensors");
-        let o = rd(&[
-            "import",
-            "--from",
-            "anomalib",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--backbone",
-            backbone,
-            "--image-size",
-            &size,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        let meta = common::import_parity_case(&case, &out);
+        let backbone = meta["config"]["backbone"].as_str().unwrap();
         let o = rd(&["inspect", out.to_str().unwrap(), "--json"]);
         assert!(o.status.success(), "{}", stderr(&o));
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -42,21 +42,7 @@ fn imported_anomalib_model_reproduces_anomalib_maps_and_scores() {
         .expect("the shared resnet18_64x64 case");
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.safetensors");
-    let weights = case.join("weights.safetensors");
-    let o = rd(&[
-        "import",
-        "--from",
-        "anomalib",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--backbone",
-        "resnet18",
-        "--image-size",
-        "64",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    common::import_parity_case(case, &model);
 
     let infer =
         candle_core::safetensors::load(case.join("infer.safetensors"), &Device::Cpu).unwrap();
