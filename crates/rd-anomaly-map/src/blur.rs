@@ -40,14 +40,24 @@ impl GaussianBlur {
         if c != 1 {
             candle_core::bail!("Gaussian blur expects one-channel maps, got {c} channels");
         }
+        self.check_size((h, w))?;
+        let kernel = Tensor::from_slice(&self.kernel, k, x.device())?.to_dtype(x.dtype())?;
+        let x = reflect_pad(x, 3, r)?.conv2d(&kernel.reshape((1, 1, 1, k))?, 0, 1, 1, 1)?;
+        reflect_pad(&x, 2, r)?.conv2d(&kernel.reshape((1, 1, k, 1))?, 0, 1, 1, 1)
+    }
+}
+
+impl GaussianBlur {
+    /// Refuses maps whose sides do not exceed the kernel radius (reflect padding needs more).
+    pub fn check_size(&self, (h, w): (usize, usize)) -> Result<()> {
+        let k = self.kernel.len();
+        let r = k / 2;
         if h <= r || w <= r {
             candle_core::bail!(
                 "a {h}x{w} map is too small for a {k}-tap blur: reflect padding needs more than {r} pixels per side"
             );
         }
-        let kernel = Tensor::from_slice(&self.kernel, k, x.device())?.to_dtype(x.dtype())?;
-        let x = reflect_pad(x, 3, r)?.conv2d(&kernel.reshape((1, 1, 1, k))?, 0, 1, 1, 1)?;
-        reflect_pad(&x, 2, r)?.conv2d(&kernel.reshape((1, 1, k, 1))?, 0, 1, 1, 1)
+        Ok(())
     }
 }
 

@@ -46,6 +46,7 @@
 
 mod blur;
 mod cosine;
+pub mod kernels;
 mod map;
 mod npy;
 mod render;

@@ -79,7 +79,7 @@ fn gemm_threads() -> gemm::Parallelism {
 /// `dst (m×n) += lhs (m×k) · rhs (k×n)`, all row-major and contiguous: the AVX-512 kernel of
 /// [`crate::sgemm`] when the CPU has AVX-512F, else the `gemm` crate (its AVX2/FMA kernel on
 /// stable Rust).
-fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
+pub(crate) fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
     if crate::sgemm::try_sgemm_acc(dst, lhs, rhs, m, n, k) {
         return;
     }
@@ -105,6 +105,80 @@ pub fn gemm_crate_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: us
             rhs.as_ptr(),
             1,
             n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm_threads(),
+        )
+    }
+}
+
+/// A strided matrix view for [`gemm_strided_acc`]: element (i, j) is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns (read in place).
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `dst (m×n, row-major) += lhs (m×k) · rhs (k×n)` for strided (e.g. transposed) operands,
+/// through the `gemm` crate; the row-major case goes to [`gemm_acc`].
+pub(crate) fn gemm_strided_acc(
+    dst: &mut [f32],
+    lhs: MatRef,
+    rhs: MatRef,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if lhs.cs == 1 && lhs.rs == k && rhs.cs == 1 && rhs.rs == n {
+        return gemm_acc(dst, lhs.data, rhs.data, m, n, k);
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |a: MatRef, r: usize, c: usize| (r - 1) * a.rs + (c - 1) * a.cs;
+    assert!(
+        dst.len() >= m * n && last(lhs, m, k) < lhs.data.len() && last(rhs, k, n) < rhs.data.len()
+    );
+    // SAFETY: the assert above bounds every element gemm reads or writes with these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
             1.0f32,
             1.0f32,
             false,
@@ -210,7 +284,7 @@ pub fn conv2d_fused(
 
 /// Rows `(c, ky, kx)` of the im2col matrix of one image, in parallel over rows.
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+pub(crate) fn im2col(
     img: &[f32],
     col: &mut [f32],
     h: usize,
@@ -295,49 +369,80 @@ pub fn deconv2x2_fused(
         }
     }
     let (ho, wo) = (2 * h, 2 * wd);
+    if let Some(r) = residual {
+        if r.dims() != [b, co, ho, wo] {
+            candle_core::bail!(
+                "deconv2x2_fused: residual {:?} vs output {:?}",
+                r.dims(),
+                [b, co, ho, wo]
+            );
+        }
+    }
     let mut out = vec![0f32; b * co * ho * wo];
     let mut tmp = vec![0f32; co * 4 * n];
-    with_data(x, |xv| {
-        for bi in 0..b {
-            tmp.fill(0.0);
-            gemm_acc(
-                &mut tmp,
-                &lhs,
-                &xv[bi * ci * n..(bi + 1) * ci * n],
-                co * 4,
-                n,
-                ci,
-            );
-            let dst = &mut out[bi * co * ho * wo..(bi + 1) * co * ho * wo];
-            dst.par_chunks_mut(ho * wo)
-                .enumerate()
-                .for_each(|(o, plane)| {
-                    let shift = bn.map_or(0.0, |bn| bn.shift[o]);
-                    for dy in 0..2 {
-                        for dx in 0..2 {
-                            let src = &tmp[(o * 4 + dy * 2 + dx) * n..][..n];
-                            for y in 0..h {
-                                let row = &mut plane[(2 * y + dy) * wo..][..wo];
-                                for x in 0..wd {
-                                    row[2 * x + dx] = src[y * wd + x] + shift;
-                                }
-                            }
-                        }
-                    }
-                });
-        }
-    })?;
-    let out = match residual {
-        Some(r) => with_data(r, |rv| {
-            epilogue(&mut out, Some(rv), relu);
-            out
-        })?,
-        None => {
-            epilogue(&mut out, None, relu);
-            out
-        }
-    };
+    with_opt_data(residual, |rv| {
+        with_data(x, |xv| {
+            for bi in 0..b {
+                tmp.fill(0.0);
+                gemm_acc(&mut tmp, &lhs, &xv[bi * ci * n..][..ci * n], co * 4, n, ci);
+                let plane_len = ho * wo;
+                let dst = &mut out[bi * co * plane_len..][..co * plane_len];
+                let res = rv.map(|r| &r[bi * co * plane_len..][..co * plane_len]);
+                dst.par_chunks_mut(plane_len)
+                    .enumerate()
+                    .for_each(|(o, plane)| {
+                        let shift = bn.map_or(0.0, |bn| bn.shift[o]);
+                        let res = res.map(|r| &r[o * plane_len..][..plane_len]);
+                        shuffle_plane(plane, &tmp[o * 4 * n..][..4 * n], (h, wd), shift, res, relu);
+                    });
+            }
+        })
+    })??;
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
+}
+
+/// Interleaves the four `(dy, dx)` planes of one output channel (each `h × w`) into the
+/// `2h × 2w` plane, adding `shift` and the residual and applying ReLU on the way: output row
+/// `2y + dy` takes `src[dy·2 + 0][y]` and `src[dy·2 + 1][y]` at even and odd columns.
+fn shuffle_plane(
+    plane: &mut [f32],
+    src: &[f32],
+    (h, w): (usize, usize),
+    shift: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let (n, wo) = (h * w, 2 * w);
+    for y in 0..h {
+        for dy in 0..2 {
+            let r = 2 * y + dy;
+            let row = &mut plane[r * wo..][..wo];
+            let s0 = &src[(dy * 2) * n + y * w..][..w];
+            let s1 = &src[(dy * 2 + 1) * n + y * w..][..w];
+            for ((pair, a), b) in row.chunks_exact_mut(2).zip(s0).zip(s1) {
+                pair[0] = a + shift;
+                pair[1] = b + shift;
+            }
+            if let Some(res) = residual {
+                for (o, v) in row.iter_mut().zip(&res[r * wo..][..wo]) {
+                    *o += v;
+                }
+            }
+            if relu {
+                for o in row.iter_mut() {
+                    *o = o.max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// [`with_data`] for an optional tensor.
+fn with_opt_data<T>(x: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> T) -> Result<T> {
+    match x {
+        Some(x) => with_data(x, |v| f(Some(v))),
+        None => Ok(f(None)),
+    }
 }
 
 /// ConvTranspose2d(k 2, s 2, no padding) as a matmul plus a pixel shuffle, built from

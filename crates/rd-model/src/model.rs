@@ -220,7 +220,12 @@ impl ReverseDistillation {
 
     /// Anomaly maps from already computed features.
     pub fn maps_from(&self, f: &Features) -> Result<AnomalyMaps> {
-        Ok(self.maps.compute(&f.teacher.0, &f.student.0)?)
+        let (t, s) = (&f.teacher.0, &f.student.0);
+        Ok(if rd_backbone::fast::reference_mode() {
+            self.maps.compute_reference(t, s)?
+        } else {
+            self.maps.compute(t, s)?
+        })
     }
 
     /// The training loss of a batch (student in training mode).

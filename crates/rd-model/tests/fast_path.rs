@@ -94,6 +94,10 @@ fn deconv_paths_equal_candle_conv_transpose() {
     let bn = affine(4, 3);
     let got = fast::deconv2x2_fused(&x, &w, Some(&bn), None, false).unwrap();
     assert!(max_abs(&got, &apply_affine(&want, &bn)) < 1e-5);
+    let res = noise(want.dims(), 6, 1.0);
+    let got = fast::deconv2x2_fused(&x, &w, Some(&bn), Some(&res), true).unwrap();
+    let want_res = (apply_affine(&want, &bn) + &res).unwrap().relu().unwrap();
+    assert!(max_abs(&got, &want_res) < 1e-5);
     let x1 = noise(&[2, 6, 5, 7], 4, 1.0);
     let w1 = noise(&[3, 6, 1, 1], 5, 0.5);
     let got = fast::conv1x1_matmul(&x1, &w1).unwrap();
