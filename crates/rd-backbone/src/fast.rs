@@ -23,6 +23,8 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::sgemm::{self, Dense, Im2col, Lhs};
+
 thread_local! {
     static REFERENCE: Cell<bool> = const { Cell::new(false) };
 }
@@ -189,26 +191,36 @@ pub(crate) fn gemm_strided_acc(
     }
 }
 
-/// Adds `residual` (same length) and applies ReLU, in parallel chunks.
-fn epilogue(out: &mut [f32], residual: Option<&[f32]>, relu: bool) {
-    const CHUNK: usize = 1 << 14;
-    match residual {
-        Some(r) => out
-            .par_chunks_mut(CHUNK)
-            .zip(r.par_chunks(CHUNK))
-            .for_each(|(o, r)| {
-                for (o, r) in o.iter_mut().zip(r) {
-                    let v = *o + r;
-                    *o = if relu { v.max(0.0) } else { v };
-                }
-            }),
-        None if relu => out.par_chunks_mut(CHUNK).for_each(|o| {
-            for o in o.iter_mut() {
-                *o = o.max(0.0);
+/// `out = act(out·scale + shift + residual)` per channel plane (`n` values each, `co` channels
+/// per image), in parallel: the BatchNorm is applied to the GEMM result rather than folded into
+/// the weights, so the weights are read in place instead of copied on every call.
+fn epilogue(
+    out: &mut [f32],
+    n: usize,
+    co: usize,
+    bn: Option<&Affine>,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let planes_per_task = (1 << 14) / n.max(1) + 1;
+    out.par_chunks_mut(n)
+        .with_min_len(planes_per_task)
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (scale, shift) = bn.map_or((1.0, 0.0), |bn| (bn.scale[i % co], bn.shift[i % co]));
+            if bn.is_some() {
+                plane.iter_mut().for_each(|v| *v = *v * scale + shift);
             }
-        }),
-        None => {}
-    }
+            if let Some(r) = residual {
+                plane
+                    .iter_mut()
+                    .zip(&r[i * n..][..n])
+                    .for_each(|(v, r)| *v += r);
+            }
+            if relu {
+                plane.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        });
 }
 
 /// `act(conv2d(x, w)·scale + shift + residual)` for NCHW `x` and square kernels `w`
@@ -230,55 +242,45 @@ pub fn conv2d_fused(
     let ho = (h + 2 * padding - kh) / stride + 1;
     let wo = (wd + 2 * padding - kw) / stride + 1;
     let (k, n) = (ci * kh * kw, ho * wo);
-    // Folded weight (c_out, k) and bias.
-    let mut wv = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; b * co * n];
-    if let Some(bn) = bn {
-        for (o, row) in wv.chunks_mut(k).enumerate() {
-            let s = bn.scale[o];
-            row.iter_mut().for_each(|v| *v *= s);
+    if let Some(r) = residual {
+        if r.dims() != [b, co, ho, wo] {
+            candle_core::bail!(
+                "conv2d_fused: residual {:?} vs output {:?}",
+                r.dims(),
+                [b, co, ho, wo]
+            );
         }
-        out.par_chunks_mut(n).enumerate().for_each(|(i, plane)| {
-            plane.fill(bn.shift[i % co]);
-        });
     }
+    let mut out = vec![0f32; b * co * n];
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
-    with_data(x, |xv| {
-        let mut col = if direct {
-            Vec::new()
-        } else {
-            vec![0f32; k * n]
-        };
-        for bi in 0..b {
-            let img = &xv[bi * ci * h * wd..(bi + 1) * ci * h * wd];
-            let dst = &mut out[bi * co * n..(bi + 1) * co * n];
-            if direct {
-                gemm_acc(dst, &wv, img, co, n, k);
-            } else {
-                im2col(img, &mut col, h, wd, kh, kw, stride, padding, ho, wo);
-                gemm_acc(dst, &wv, &col, co, n, k);
+    with_data(w, |wv| {
+        with_data(x, |xv| {
+            let mut col = Vec::new();
+            for bi in 0..b {
+                let img = &xv[bi * ci * h * wd..(bi + 1) * ci * h * wd];
+                let dst = &mut out[bi * co * n..(bi + 1) * co * n];
+                if direct {
+                    gemm_acc(dst, wv, img, co, n, k);
+                    continue;
+                }
+                // Packed straight from the image where the AVX-512 GEMM runs, else via im2col.
+                let source = Im2col {
+                    img,
+                    hw: (h, wd),
+                    kernel: kh,
+                    stride,
+                    pad: padding,
+                    wo,
+                };
+                if !sgemm::try_sgemm_acc_from(dst, Lhs::row_major(wv, k), &source, co, n, k) {
+                    col.resize(k * n, 0.0);
+                    im2col(img, &mut col, h, wd, kh, kw, stride, padding, ho, wo);
+                    gemm_crate_acc(dst, wv, &col, co, n, k);
+                }
             }
-        }
-    })?;
-    let out = match residual {
-        Some(r) => {
-            if r.dims() != [b, co, ho, wo] {
-                candle_core::bail!(
-                    "conv2d_fused: residual {:?} vs output {:?}",
-                    r.dims(),
-                    [b, co, ho, wo]
-                );
-            }
-            with_data(r, |rv| {
-                epilogue(&mut out, Some(rv), relu);
-                out
-            })?
-        }
-        None => {
-            epilogue(&mut out, None, relu);
-            out
-        }
-    };
+        })
+    })??;
+    with_opt_data(residual, |rv| epilogue(&mut out, n, co, bn, rv, relu))?;
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
 }
 
@@ -354,20 +356,6 @@ pub fn deconv2x2_fused(
         );
     }
     let n = h * wd;
-    // lhs (co·4, ci): row (o, dy, dx) holds w[:, o, dy, dx]·scale[o].
-    let mut lhs = w
-        .to_dtype(DType::F32)?
-        .reshape((ci, co * 4))?
-        .t()?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    if let Some(bn) = bn {
-        for (r, row) in lhs.chunks_mut(ci).enumerate() {
-            let s = bn.scale[r / 4];
-            row.iter_mut().for_each(|v| *v *= s);
-        }
-    }
     let (ho, wo) = (2 * h, 2 * wd);
     if let Some(r) = residual {
         if r.dims() != [b, co, ho, wo] {
@@ -381,19 +369,31 @@ pub fn deconv2x2_fused(
     let mut out = vec![0f32; b * co * ho * wo];
     let mut tmp = vec![0f32; co * 4 * n];
     with_opt_data(residual, |rv| {
-        with_data(x, |xv| {
+        with_data2(w, x, |wv, xv| {
             for bi in 0..b {
                 tmp.fill(0.0);
-                gemm_acc(&mut tmp, &lhs, &xv[bi * ci * n..][..ci * n], co * 4, n, ci);
+                // lhs (co·4 × ci) = the weight (ci × co·4) transposed, read in place.
+                let img = &xv[bi * ci * n..][..ci * n];
+                let lhs = Lhs {
+                    data: wv,
+                    row_stride: 1,
+                    col_stride: co * 4,
+                };
+                if !sgemm::try_sgemm_acc_from(&mut tmp, lhs, &Dense { data: img, n }, co * 4, n, ci)
+                {
+                    let lhs = MatRef::transposed(wv, co * 4);
+                    gemm_strided_acc(&mut tmp, lhs, MatRef::rows(img, n), co * 4, n, ci);
+                }
                 let plane_len = ho * wo;
                 let dst = &mut out[bi * co * plane_len..][..co * plane_len];
                 let res = rv.map(|r| &r[bi * co * plane_len..][..co * plane_len]);
                 dst.par_chunks_mut(plane_len)
                     .enumerate()
                     .for_each(|(o, plane)| {
-                        let shift = bn.map_or(0.0, |bn| bn.shift[o]);
+                        let affine = bn.map_or((1.0, 0.0), |bn| (bn.scale[o], bn.shift[o]));
                         let res = res.map(|r| &r[o * plane_len..][..plane_len]);
-                        shuffle_plane(plane, &tmp[o * 4 * n..][..4 * n], (h, wd), shift, res, relu);
+                        let src = &tmp[o * 4 * n..][..4 * n];
+                        shuffle_plane(plane, src, (h, wd), affine, res, relu);
                     });
             }
         })
@@ -402,13 +402,13 @@ pub fn deconv2x2_fused(
 }
 
 /// Interleaves the four `(dy, dx)` planes of one output channel (each `h × w`) into the
-/// `2h × 2w` plane, adding `shift` and the residual and applying ReLU on the way: output row
+/// `2h × 2w` plane, applying `(scale, shift)`, the residual and ReLU on the way: output row
 /// `2y + dy` takes `src[dy·2 + 0][y]` and `src[dy·2 + 1][y]` at even and odd columns.
 fn shuffle_plane(
     plane: &mut [f32],
     src: &[f32],
     (h, w): (usize, usize),
-    shift: f32,
+    (scale, shift): (f32, f32),
     residual: Option<&[f32]>,
     relu: bool,
 ) {
@@ -420,8 +420,8 @@ fn shuffle_plane(
             let s0 = &src[(dy * 2) * n + y * w..][..w];
             let s1 = &src[(dy * 2 + 1) * n + y * w..][..w];
             for ((pair, a), b) in row.chunks_exact_mut(2).zip(s0).zip(s1) {
-                pair[0] = a + shift;
-                pair[1] = b + shift;
+                pair[0] = a * scale + shift;
+                pair[1] = b * scale + shift;
             }
             if let Some(res) = residual {
                 for (o, v) in row.iter_mut().zip(&res[r * wo..][..wo]) {
@@ -435,6 +435,11 @@ fn shuffle_plane(
             }
         }
     }
+}
+
+/// [`with_data`] for two tensors.
+fn with_data2<T>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> T) -> Result<T> {
+    with_data(a, |av| with_data(b, |bv| f(av, bv)))?
 }
 
 /// [`with_data`] for an optional tensor.

@@ -57,10 +57,174 @@ pub fn available() -> bool {
     }
 }
 
+/// Outputs with at least this many [`NT`]-column slabs use the slab schedule (per-task packing).
+const SLAB_MIN_TASKS: usize = 4;
+
 thread_local! {
+    /// Per-thread packed rhs slab of the slab schedule (see `imp::sgemm_slabs`).
+    static SLAB: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Packing buffers (lhs, rhs) reused across calls from this thread: fresh multi-MiB
     /// allocations per layer would cost page faults on every call.
     static BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The right-hand side of a GEMM as a k × n matrix that the packing pass reads piecewise, so a
+/// convolution can be packed straight from its input image without an im2col buffer.
+pub trait RhsSource: Sync {
+    /// Writes rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` (`w ≤ NR`) into `panel`, row `p`
+    /// at `panel[p·NR ..][.. w]`; the caller zeroes columns `w ..`.
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]);
+}
+
+/// A dense row-major k × n matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Dense<'a> {
+    /// The values, row-major.
+    pub data: &'a [f32],
+    /// Columns per row.
+    pub n: usize,
+}
+
+impl RhsSource for Dense<'_> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        for (p, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
+            row[..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
+        }
+    }
+}
+
+/// The im2col matrix of one NCHW image for a square-kernel convolution, read in place: row
+/// `(c, ky, kx)`, column `(oy, ox)` holds `img[c][oy·s + ky − pad][ox·s + kx − pad]` (0 outside).
+#[derive(Debug, Clone, Copy)]
+pub struct Im2col<'a> {
+    /// One image, `c × h × w`.
+    pub img: &'a [f32],
+    /// Input height and width.
+    pub hw: (usize, usize),
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Output width.
+    pub wo: usize,
+}
+
+impl Im2col<'_> {
+    /// Fills `seg` with output pixels `(oy, ox ..)` of kernel tap `(ky, kx)` from `plane`.
+    fn segment(
+        &self,
+        plane: &[f32],
+        (ky, kx): (usize, usize),
+        (oy, ox): (usize, usize),
+        seg: &mut [f32],
+    ) {
+        let (h, w) = self.hw;
+        let (s, pad) = (self.stride as isize, self.pad as isize);
+        let iy = oy as isize * s + ky as isize - pad;
+        if iy < 0 || iy >= h as isize {
+            seg.fill(0.0);
+            return;
+        }
+        let row = &plane[iy as usize * w..][..w];
+        let len = seg.len() as isize;
+        let x0 = ox as isize * s + kx as isize - pad;
+        if s == 1 {
+            // ix = x0 + t: a shifted copy with zeros past the borders.
+            if x0 >= 0 && x0 + len <= w as isize {
+                let x0 = x0 as usize;
+                match <&mut [f32; NR]>::try_from(&mut *seg) {
+                    Ok(full) => full.copy_from_slice(&row[x0..x0 + NR]),
+                    Err(_) => seg.copy_from_slice(&row[x0..x0 + seg.len()]),
+                }
+                return;
+            }
+            let lo = (-x0).clamp(0, len) as usize;
+            let hi = (w as isize - x0).clamp(lo as isize, len) as usize;
+            seg[..lo].fill(0.0);
+            let start = (x0 + lo as isize) as usize;
+            seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
+            seg[hi..].fill(0.0);
+        } else if x0 >= 0 && x0 + (len - 1) * s < w as isize {
+            let (x0, s) = (x0 as usize, s as usize);
+            for (t, d) in seg.iter_mut().enumerate() {
+                *d = row[x0 + t * s];
+            }
+        } else {
+            for (t, d) in seg.iter_mut().enumerate() {
+                let ix = x0 + t as isize * s;
+                *d = if ix < 0 || ix >= w as isize {
+                    0.0
+                } else {
+                    row[ix as usize]
+                };
+            }
+        }
+    }
+}
+
+impl RhsSource for Im2col<'_> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        let (h, wi) = self.hw;
+        // The panel's columns as runs within output rows: (oy, ox, length, offset).
+        let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+        let mut n_runs = 0;
+        let mut off = 0;
+        while off < w {
+            let q = j0 + off;
+            let (oy, ox) = (q / self.wo, q % self.wo);
+            let len = (self.wo - ox).min(w - off);
+            runs[n_runs] = (oy, ox, len, off);
+            n_runs += 1;
+            off += len;
+        }
+        let k = self.kernel;
+        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
+        for row in panel.chunks_exact_mut(NR).take(kc) {
+            let plane = &self.img[c * h * wi..][..h * wi];
+            for &(oy, ox, len, off) in &runs[..n_runs] {
+                self.segment(plane, (ky, kx), (oy, ox), &mut row[off..off + len]);
+            }
+            kx += 1;
+            if kx == k {
+                kx = 0;
+                ky += 1;
+                if ky == k {
+                    ky = 0;
+                    c += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The left-hand side of a GEMM read in place: element (i, p) is `data[i·row_stride + p·col_stride]`
+/// (row-major: `(k, 1)`; the transpose of a row-major matrix with m columns: `(1, m)`).
+#[derive(Debug, Clone, Copy)]
+pub struct Lhs<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl<'a> Lhs<'a> {
+    /// A row-major matrix with `k` columns.
+    pub fn row_major(data: &'a [f32], k: usize) -> Self {
+        Lhs {
+            data,
+            row_stride: k,
+            col_stride: 1,
+        }
+    }
+
+    /// Whether every element of an m × k matrix lies inside `data`.
+    fn fits(&self, m: usize, k: usize) -> bool {
+        m == 0 || k == 0 || (m - 1) * self.row_stride + (k - 1) * self.col_stride < self.data.len()
+    }
 }
 
 /// `dst (m×n) += lhs (m×k) · rhs (k×n)`, row-major and contiguous, with the AVX-512 kernel.
@@ -81,6 +245,33 @@ pub fn try_sgemm_acc(
 ) -> bool {
     assert!(
         dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
+        "sgemm: slices too short for {m}×{k} · {k}×{n}"
+    );
+    try_sgemm_acc_from(
+        dst,
+        Lhs::row_major(lhs, k),
+        &Dense { data: rhs, n },
+        m,
+        n,
+        k,
+    )
+}
+
+/// [`try_sgemm_acc`] with the rhs read through a [`RhsSource`] (e.g. [`Im2col`]).
+///
+/// # Panics
+///
+/// When `dst` or `lhs` is shorter than its shape says (the source checks its own reads).
+pub fn try_sgemm_acc_from(
+    dst: &mut [f32],
+    lhs: Lhs,
+    rhs: &impl RhsSource,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> bool {
+    assert!(
+        dst.len() >= m * n && lhs.fits(m, k),
         "sgemm: slices too short for {m}×{k} · {k}×{n}"
     );
     if !available() {
@@ -136,8 +327,8 @@ mod imp {
 
     pub(super) fn sgemm(
         dst: &mut [f32],
-        lhs: &[f32],
-        rhs: &[f32],
+        lhs: Lhs,
+        rhs: &impl RhsSource,
         m: usize,
         n: usize,
         k: usize,
@@ -145,6 +336,9 @@ mod imp {
     ) {
         let threads = rayon::current_num_threads();
         let par = m * n * k >= PAR_MIN_MACS && threads > 1;
+        if n >= SLAB_MIN_TASKS * NT {
+            return sgemm_slabs(dst, lhs, rhs, m, n, k, par);
+        }
         // k in equal blocks of at most KC, as the `gemm` crate splits it: per element the same
         // summation order (one FMA chain per block, added to dst), hence the same rounding.
         let kc_blk = k.div_ceil(k.div_ceil(KC));
@@ -160,9 +354,11 @@ mod imp {
             let pack_b = |(jp, panel): (usize, &mut [f32])| {
                 let j0 = jc + jp * NR;
                 let w = (jc + nc - j0).min(NR);
-                for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-                    row[..w].copy_from_slice(&rhs[p * n + j0..][..w]);
-                    row[w..].fill(0.0);
+                rhs.pack_panel(0, k, j0, w, panel);
+                if w < NR {
+                    panel
+                        .chunks_exact_mut(NR)
+                        .for_each(|row| row[w..].fill(0.0));
                 }
             };
             if par {
@@ -187,10 +383,12 @@ mod imp {
                         let b = &pb[(j0 / NR) * k * NR + pc * NR..][..kc * NR];
                         for i0 in (i_lo..i_hi).step_by(MR) {
                             let rows = (i_hi - i0).min(MR);
-                            let a = &lhs[i0 * k + pc..(i0 + rows - 1) * k + pc + kc];
+                            let (rs, cs) = (lhs.row_stride, lhs.col_stride);
+                            let a = &lhs.data
+                                [i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
                             // SAFETY: `available()` reported AVX-512F before `sgemm` was
                             // called; `a` holds rows `i0..i0+rows` of lhs from column pc
-                            // (kc values each, row stride k) and `b` kc×NR floats; the tile
+                            // (kc values each, strides rs and cs) and `b` kc×NR floats; the tile
                             // rows i0..i0+rows ≤ m, columns jc+j0..+cols ≤ n, so every
                             // access through `out` with row stride n stays inside `dst`
                             // (checked by the caller's assert), and no other task writes
@@ -199,7 +397,7 @@ mod imp {
                                 kernel(
                                     kc,
                                     a.as_ptr(),
-                                    k,
+                                    (rs, cs),
                                     b.as_ptr(),
                                     out.get().add(i0 * n + jc + j0),
                                     n,
@@ -219,11 +417,84 @@ mod imp {
         }
     }
 
-    /// `c[i][j] += Σ_p a[i·lda + p] · b[p·NR + j]` for `i < rows ≤ MR`, `j < cols ≤ NR`, `p < kc`.
+    /// The schedule for wide outputs (many columns): one task per [`NT`]-column slab, which
+    /// packs its own slab of the rhs (one k block at a time) into a thread-local buffer and runs
+    /// every lhs row against it. The packed panels are used while they are still in L2, instead
+    /// of packing the whole rhs first (megabytes for a 64×64 map) and reading it back from L3.
+    /// The k blocks are those of [`sgemm`], so every element sums in the same order.
+    fn sgemm_slabs(
+        dst: &mut [f32],
+        lhs: Lhs,
+        rhs: &impl RhsSource,
+        m: usize,
+        n: usize,
+        k: usize,
+        par: bool,
+    ) {
+        let kc_blk = k.div_ceil(k.div_ceil(KC));
+        let out = OutPtr(dst.as_mut_ptr());
+        let (rs, cs) = (lhs.row_stride, lhs.col_stride);
+        let task = |tj: usize| {
+            let (j_lo, j_hi) = (tj * NT, ((tj + 1) * NT).min(n));
+            let width = round_up(j_hi - j_lo, NR);
+            SLAB.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let pb = aligned(&mut buf, kc_blk * width);
+                for pc in (0..k).step_by(kc_blk) {
+                    let kc = (k - pc).min(kc_blk);
+                    let pb = &mut pb[..kc * width];
+                    for (jp, panel) in pb.chunks_exact_mut(kc * NR).enumerate() {
+                        let j0 = j_lo + jp * NR;
+                        let w = (j_hi - j0).min(NR);
+                        rhs.pack_panel(pc, kc, j0, w, panel);
+                        if w < NR {
+                            panel
+                                .chunks_exact_mut(NR)
+                                .for_each(|row| row[w..].fill(0.0));
+                        }
+                    }
+                    for (jp, j0) in (j_lo..j_hi).step_by(NR).enumerate() {
+                        let cols = (j_hi - j0).min(NR);
+                        let b = &pb[jp * kc * NR..][..kc * NR];
+                        for i0 in (0..m).step_by(MR) {
+                            let rows = (m - i0).min(MR);
+                            let a = &lhs.data
+                                [i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
+                            // SAFETY: as in `sgemm`: AVX-512F was detected; `a` holds rows
+                            // i0..i0+rows of lhs from column pc (kc values, strides rs, cs),
+                            // `b` kc×NR floats; the tile (rows ≤ m, columns j0..j0+cols ≤ n)
+                            // lies inside `dst` (the caller's assert) and only this task,
+                            // which owns columns j_lo..j_hi, writes it.
+                            unsafe {
+                                kernel(
+                                    kc,
+                                    a.as_ptr(),
+                                    (rs, cs),
+                                    b.as_ptr(),
+                                    out.get().add(i0 * n + j0),
+                                    n,
+                                    rows,
+                                    cols,
+                                );
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let tn = n.div_ceil(NT);
+        if par {
+            (0..tn).into_par_iter().for_each(task);
+        } else {
+            (0..tn).for_each(task);
+        }
+    }
+
+    /// `c[i][j] += Σ_p a[i·rs + p·cs] · b[p·NR + j]` for `i < rows ≤ MR`, `j < cols ≤ NR`, `p < kc`.
     ///
     /// # Safety
     ///
-    /// The CPU supports AVX-512F; `a + i·lda + p` is readable for `i < rows`, `p < kc`; `b`
+    /// The CPU supports AVX-512F; `a + i·rs + p·cs` is readable for `i < rows`, `p < kc`; `b`
     /// points to `kc·NR` readable floats; `c + i·ldc + j` is valid for reads and writes for
     /// every `i < rows`, `j < cols`, and nothing else accesses those elements meanwhile.
     #[allow(clippy::too_many_arguments)]
@@ -231,7 +502,7 @@ mod imp {
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
-        lda: usize,
+        (lda, ldp): (usize, usize),
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -252,7 +523,7 @@ mod imp {
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (acc, r) in acc.iter_mut().zip(&ar) {
-                    let ai = _mm512_set1_ps(*r.add(p));
+                    let ai = _mm512_set1_ps(*r.add(p * ldp));
                     acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
                     acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
                 }

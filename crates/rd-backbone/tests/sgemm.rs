@@ -74,6 +74,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (12, 70, 4608),
     (64, 64, 4608),
     (33, 47, 4608),
+    (17, 1100, 2100),
 ];
 
 #[test]
@@ -159,5 +160,78 @@ fn sgemm_gflops() {
             ours / theirs,
             rayon::current_num_threads()
         );
+    }
+}
+
+/// `Im2col` segments (crossing output rows, at every border) equal the im2col definition.
+#[test]
+fn im2col_source_matches_the_definition() {
+    use sgemm::RhsSource;
+    for &(c, h, w, kernel, stride, pad) in &[
+        (2, 5, 7, 3, 1, 1),
+        (3, 8, 6, 3, 2, 1),
+        (1, 9, 9, 7, 2, 3),
+        (2, 4, 5, 1, 2, 0),
+        (1, 40, 40, 3, 1, 1),
+        (1, 70, 70, 3, 2, 1),
+    ] {
+        let mut img = vec![0f32; c * h * w];
+        fill(&mut img, (c * h * w) as u64);
+        let ho = (h + 2 * pad - kernel) / stride + 1;
+        let wo = (w + 2 * pad - kernel) / stride + 1;
+        let src = sgemm::Im2col {
+            img: &img,
+            hw: (h, w),
+            kernel,
+            stride,
+            pad,
+            wo,
+        };
+        let n = ho * wo;
+        for p in 0..c * kernel * kernel {
+            let (ch, ky, kx) = (p / (kernel * kernel), (p / kernel) % kernel, p % kernel);
+            let want: Vec<f32> = (0..n)
+                .map(|q| {
+                    let iy = ((q / wo) * stride + ky) as isize - pad as isize;
+                    let ix = ((q % wo) * stride + kx) as isize - pad as isize;
+                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                        0.0
+                    } else {
+                        img[ch * h * w + iy as usize * w + ix as usize]
+                    }
+                })
+                .collect();
+            for j0 in 0..n {
+                for len in [1, 3, wo + 1, sgemm::NR, n - j0] {
+                    let len = len.min(n - j0).min(sgemm::NR);
+                    let mut got = vec![f32::NAN; sgemm::NR];
+                    src.pack_panel(p, 1, j0, len, &mut got);
+                    assert_eq!(
+                        got[..len],
+                        want[j0..j0 + len],
+                        "row {p} from {j0}, {len} long"
+                    );
+                }
+            }
+            // a whole panel of rows at once walks (c, ky, kx) correctly
+            let kc = c * kernel * kernel - p;
+            let mut panel = vec![f32::NAN; kc * sgemm::NR];
+            let len = n.min(sgemm::NR);
+            src.pack_panel(p, kc, 0, len, &mut panel);
+            for (i, row) in panel.chunks_exact(sgemm::NR).enumerate() {
+                let q = p + i;
+                let (ch, ky, kx) = (q / (kernel * kernel), (q / kernel) % kernel, q % kernel);
+                for (j, v) in row[..len].iter().enumerate() {
+                    let iy = ((j / wo) * stride + ky) as isize - pad as isize;
+                    let ix = ((j % wo) * stride + kx) as isize - pad as isize;
+                    let want = if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                        0.0
+                    } else {
+                        img[ch * h * w + iy as usize * w + ix as usize]
+                    };
+                    assert_eq!(*v, want, "panel row {q} column {j}");
+                }
+            }
+        }
     }
 }
