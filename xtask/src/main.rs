@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator of the `rd` binary, so the benchmark workers measure what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Project automation for the Reverse Distillation workspace.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", version, about)]

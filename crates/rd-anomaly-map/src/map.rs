@@ -55,6 +55,30 @@ pub struct AnomalyMaps {
     pub scores: Tensor,
 }
 
+impl AnomalyMaps {
+    /// Joins the maps of consecutive parts of a batch into the maps of the whole batch.
+    pub fn concat(parts: &[AnomalyMaps]) -> Result<AnomalyMaps> {
+        let Some(first) = parts.first() else {
+            candle_core::bail!("no anomaly maps to join");
+        };
+        let cat = |get: &dyn Fn(&AnomalyMaps) -> &Tensor| -> Result<Tensor> {
+            Tensor::cat(&parts.iter().map(get).collect::<Vec<_>>(), 0)
+        };
+        let per_scale = |get: &dyn Fn(&AnomalyMaps) -> &Vec<Tensor>| -> Result<Vec<Tensor>> {
+            (0..get(first).len())
+                .map(|k| cat(&|m: &AnomalyMaps| &get(m)[k]))
+                .collect()
+        };
+        Ok(AnomalyMaps {
+            distances: per_scale(&|m| &m.distances)?,
+            upsampled: per_scale(&|m| &m.upsampled)?,
+            raw: cat(&|m| &m.raw)?,
+            map: cat(&|m| &m.map)?,
+            scores: cat(&|m| &m.scores)?,
+        })
+    }
+}
+
 /// anomalib's `AnomalyMapGenerator` for Reverse Distillation.
 #[derive(Debug, Clone)]
 pub struct AnomalyMapGenerator {

@@ -15,6 +15,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Activations are multi-MiB buffers allocated and freed at every layer: mimalloc keeps the
+/// freed pages for the next layer, where glibc's malloc unmaps them and pays page faults again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Reverse Distillation anomaly detection (Deng & Li, CVPR 2022), computed exactly as anomalib
 /// does, in one program.
 ///
