@@ -8,6 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::arch::BlockKind;
 use crate::fast::{self, Affine};
 use crate::params::CONV_INIT;
+use crate::train_ops;
 
 /// A 2-D convolution without bias (`nn.Conv2d(..., bias=False)`), weight (out, in, k, k).
 #[derive(Debug, Clone)]
@@ -60,11 +61,6 @@ impl Conv2d {
         self.padding
     }
 
-    /// Whether this is a 1×1, stride-1, unpadded convolution (a plain matmul over channels).
-    fn is_pointwise(&self) -> bool {
-        self.stride == 1 && self.padding == 0 && self.weight.dims()[2..] == [1, 1]
-    }
-
     /// The reference forward pass: Candle's `conv2d`.
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
@@ -91,11 +87,11 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
-    /// Differentiable; 1×1 stride-1 convolutions run as a matmul (much faster backward on large
-    /// maps), others as Candle's `conv2d`.
+    /// Differentiable; on the fast path one fused op (im2col + GEMM, GEMM-based backward), else
+    /// Candle's `conv2d`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.is_pointwise() && fast::fast_ok(x) {
-            fast::conv1x1_matmul(x, &self.weight)
+        if fast::fast_ok(x) {
+            train_ops::conv2d(x, &self.weight, self.stride, self.padding)
         } else {
             self.forward_reference(x)
         }
@@ -153,6 +149,14 @@ impl BatchNorm2d {
         let mean = xd.mean_keepdim(1)?;
         let var = xd.broadcast_sub(&mean)?.sqr()?.mean(1)?;
         let mean = mean.squeeze(1)?;
+        self.update_running(&mean, &var, n)?;
+        let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
+        self.affine(x, &mean.to_dtype(x.dtype())?, &invstd)
+    }
+
+    /// Folds the batch mean and biased variance (f64, over `n` values) into the running
+    /// statistics, with PyTorch's momentum and unbiased variance.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> Result<()> {
         let update = |stat: &Tensor, batch: Tensor| -> Result<()> {
             if !stat.is_variable() {
                 candle_core::bail!("BatchNorm of a frozen model cannot run in training mode");
@@ -163,9 +167,43 @@ impl BatchNorm2d {
             stat.set(&((stat.as_tensor() * (1.0 - Self::MOMENTUM))? + (batch * Self::MOMENTUM)?)?)
         };
         update(&self.running_mean, mean.clone())?;
-        update(&self.running_var, (&var * (n / (n - 1.0)))?)?;
+        update(&self.running_var, (var * (n / (n - 1.0)))?)
+    }
+
+    /// Training mode on the fast path: the same statistics and running-statistic update as
+    /// [`Self::forward_train`], the normalisation (and ReLU) as one fused, differentiable op.
+    fn forward_train_fast(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let n = (b * h * w) as f64;
+        if n < 2.0 {
+            candle_core::bail!(
+                "BatchNorm in training mode needs more than one value per channel, got {x:?}"
+            );
+        }
+        let (mean, var) = train_ops::batch_stats(x)?;
+        let mean = Tensor::from_vec(mean, c, x.device())?;
+        let var = Tensor::from_vec(var, c, x.device())?;
+        self.update_running(&mean, &var, n)?;
+        // The same f64 ops as the reference path, so the f32 statistics are identical.
         let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
-        self.affine(x, &mean.to_dtype(x.dtype())?, &invstd)
+        let mean = mean.to_dtype(x.dtype())?;
+        train_ops::batch_norm_train(
+            x,
+            &self.weight,
+            &self.bias,
+            mean.to_vec1()?,
+            invstd.to_vec1()?,
+            relu,
+        )
+    }
+
+    /// `relu(bn(x))`; training mode on the fast path fuses the two.
+    pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train && fast::fast_ok(x) {
+            self.forward_train_fast(x, true)
+        } else {
+            self.forward_t(x, train)?.relu()
+        }
     }
 
     /// The eval-mode normalisation as a per-channel scale and shift (computed in f64), for
@@ -198,7 +236,9 @@ impl BatchNorm2d {
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
+        if train && fast::fast_ok(x) {
+            self.forward_train_fast(x, false)
+        } else if train {
             self.forward_train(x)
         } else {
             self.forward_eval(x)
@@ -229,6 +269,13 @@ impl ConvBn {
     ) -> Result<Tensor> {
         let bn = self.bn.eval_affine()?;
         self.conv.forward_fused(x, Some(&bn), residual, relu)
+    }
+}
+
+impl ConvBn {
+    /// `relu(bn(conv(x)))`, with the BatchNorm and ReLU fused in training mode on the fast path.
+    pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_t_relu(&self.conv.forward(x)?, train)
     }
 }
 
@@ -317,16 +364,21 @@ impl ModuleT for ResidualBlock {
         let last = self.stages.len() - 1;
         let mut h = x.clone();
         for (i, stage) in self.stages.iter().enumerate() {
-            h = stage.forward_t(&h, train)?;
-            if i != last {
-                h = h.relu()?;
-            }
+            h = if i != last {
+                stage.forward_t_relu(&h, train)?
+            } else {
+                stage.forward_t(&h, train)?
+            };
         }
         let identity = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
         };
-        (h + identity)?.relu()
+        if fast::fast_ok(x) {
+            train_ops::add_relu(&h, &identity)
+        } else {
+            (h + identity)?.relu()
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod layers;
 pub mod params;
 pub mod sgemm;
 mod teacher;
+pub mod train_ops;
 pub mod weights;
 
 pub use arch::{Backbone, BackboneId, BlockKind};

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use rd_backbone::fast::{self, Affine};
 use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d};
 use rd_backbone::params::conv_transpose_init;
+use rd_backbone::train_ops;
 use rd_backbone::{Backbone, BlockKind, FeatureMaps};
 
 /// `nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=False)`, weight (in, out, 2, 2).
@@ -40,11 +41,11 @@ impl Deconv2x2 {
 }
 
 impl Module for Deconv2x2 {
-    /// Differentiable: a matmul plus a pixel shuffle (the same numbers as `conv_transpose2d`,
-    /// several times faster on the CPU).
+    /// Differentiable: on the fast path one GEMM plus a pixel shuffle per image (the same
+    /// numbers as `conv_transpose2d`, many times faster on the CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if fast::fast_ok(x) {
-            fast::deconv2x2_matmul(x, &self.weight)
+            train_ops::deconv2x2(x, &self.weight)
         } else {
             self.forward_reference(x)
         }
@@ -165,16 +166,22 @@ impl DecoderBlock {
         let last = self.stages.len() - 1;
         let mut h = x.clone();
         for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            h = conv.forward(&h)?.apply_t(bn, train)?;
-            if i != last {
-                h = h.relu()?;
-            }
+            let y = conv.forward(&h)?;
+            h = if i != last {
+                bn.forward_t_relu(&y, train)?
+            } else {
+                y.apply_t(bn, train)?
+            };
         }
         let identity = match &self.upsample {
             Some((up, bn)) => up.forward(x)?.apply_t(bn, train)?,
             None => x.clone(),
         };
-        (h + identity)?.relu()
+        if fast::fast_ok(x) {
+            train_ops::add_relu(&h, &identity)
+        } else {
+            (h + identity)?.relu()
+        }
     }
 }
 

@@ -68,16 +68,12 @@ impl Ocbe {
             return self.bn_layer.forward_t(&cat, train);
         }
         let l1 = self
-            .conv1
-            .forward(&f[0])?
-            .apply_t(&self.bn1, train)?
-            .relu()?;
-        let l1 = self.conv2.forward(&l1)?.apply_t(&self.bn2, train)?.relu()?;
+            .bn1
+            .forward_t_relu(&self.conv1.forward(&f[0])?, train)?;
+        let l1 = self.bn2.forward_t_relu(&self.conv2.forward(&l1)?, train)?;
         let l2 = self
-            .conv3
-            .forward(&f[1])?
-            .apply_t(&self.bn3, train)?
-            .relu()?;
+            .bn3
+            .forward_t_relu(&self.conv3.forward(&f[1])?, train)?;
         let fused = Tensor::cat(&[&l1, &l2, &f[2]], 1)?;
         self.bn_layer.forward_t(&fused, train)
     }
