@@ -288,12 +288,13 @@ fn trace_training(dir: &Path, case: &Case, x: &Tensor) -> Trace {
     trace
 }
 
-/// `x` with every value moved by one part in 2²³ (about one float32 ulp), up or down.
-fn nudge(x: &Tensor) -> Tensor {
+/// `x` with every value moved by one part in 2²³ (about one float32 ulp), up or down in a
+/// pattern picked by `seed`.
+fn nudge(x: &Tensor, seed: u64) -> Tensor {
     let n = x.elem_count();
     let signs: Vec<f32> = (0..n as u64)
         .map(|i| {
-            if (i.wrapping_mul(2_654_435_761) >> 7) & 1 == 0 {
+            if ((i ^ seed).wrapping_mul(2_654_435_761) >> 7) & 1 == 0 {
                 1.0
             } else {
                 -1.0
@@ -330,9 +331,14 @@ fn check_training(dir: &Path, case: &Case, r: &mut Report) {
     // own float64 run differs from its float32 fixture by 2.4e-4 in step0.student.0 and 12 % in
     // gradients.) So each comparison's limit is the README tolerance or, when larger, four times
     // how far our own result moves when the input moves by one float32 ulp: a measured noise
-    // floor, far below what a real fault changes.
+    // floor, far below what a real fault changes. One nudge samples that floor once, and after
+    // two Adam steps single samples vary 3× (resnet50: 1.5e-3 vs 4.5e-3 in the third loss), so
+    // the floor is the larger of two nudges in different directions.
     let ours = trace_training(dir, case, x);
-    let nudged = trace_training(dir, case, &nudge(x));
+    let nudged = [
+        trace_training(dir, case, &nudge(x, 0)),
+        trace_training(dir, case, &nudge(x, 0x5bd1_e995)),
+    ];
     let model = build_model(dir, case.config);
     let in_optimizer: usize = model
         .student_params()
@@ -350,7 +356,8 @@ fn check_training(dir: &Path, case: &Case, r: &mut Report) {
     let grads_ref = grads_ref.unwrap_or_default();
     let mut grads_seen = 0;
     let mut worst_grad = (0f32, String::new());
-    for ((name, t), (_, t2)) in ours.iter().zip(&nudged) {
+    for (i, (name, t)) in ours.iter().enumerate() {
+        let (t2, t3) = (&nudged[0][i].1, &nudged[1][i].1);
         let reference = if let Some(rest) = name.strip_prefix("loss[") {
             let k: usize = rest.trim_end_matches(']').parse().unwrap();
             get(&train, "losses").get(k).unwrap()
@@ -381,7 +388,7 @@ fn check_training(dir: &Path, case: &Case, r: &mut Report) {
         } else {
             1e-4 * scale
         };
-        let noise = max_abs(&(t - t2).unwrap());
+        let noise = max_abs(&(t - t2).unwrap()).max(max_abs(&(t - t3).unwrap()));
         let limit = readme.max(NOISE_FACTOR * noise);
         let diff = max_abs(&(t - &reference).unwrap());
         if name.starts_with("grad.") {

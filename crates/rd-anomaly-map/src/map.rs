@@ -324,7 +324,9 @@ mod tests {
         let g = AnomalyMapGenerator::new((64, 64), MapMode::Add);
         let t = noise(&[1, 4, 8, 8], 1);
         let s = noise(&[1, 3, 8, 8], 2);
-        assert!(g.compute(&[t.clone()], &[s.clone()]).is_err());
+        assert!(g
+            .compute(std::slice::from_ref(&t), std::slice::from_ref(&s))
+            .is_err());
         assert!(g.compute_reference(&[t], &[s]).is_err());
     }
 }

@@ -23,7 +23,7 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::sgemm::{self, Dense, Im2col, Lhs};
+use crate::sgemm::{self, Dense, Epilogue, Im2col, Lhs};
 
 thread_local! {
     static REFERENCE: Cell<bool> = const { Cell::new(false) };
@@ -253,18 +253,23 @@ pub fn conv2d_fused(
     }
     let mut out = vec![0f32; b * co * n];
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
-    with_data(w, |wv| {
-        with_data(x, |xv| {
-            let mut col = Vec::new();
-            for bi in 0..b {
+    let fused = with_opt_data(residual, |rv| {
+        with_data2(w, x, |wv, xv| {
+            (0..b).all(|bi| {
                 let img = &xv[bi * ci * h * wd..(bi + 1) * ci * h * wd];
                 let dst = &mut out[bi * co * n..(bi + 1) * co * n];
+                let epilogue = Epilogue {
+                    affine: bn.map(|bn| (&bn.scale[..], &bn.shift[..])),
+                    residual: rv.map(|r| &r[bi * co * n..][..co * n]),
+                    relu,
+                };
+                let lhs = Lhs::row_major(wv, k);
                 if direct {
-                    gemm_acc(dst, wv, img, co, n, k);
-                    continue;
+                    let rhs = Dense { data: img, n };
+                    return sgemm::try_sgemm_fused(dst, lhs, &rhs, (co, n, k), &epilogue);
                 }
-                // Packed straight from the image where the AVX-512 GEMM runs, else via im2col.
-                let source = Im2col {
+                // Packed straight from the image: no im2col buffer.
+                let rhs = Im2col {
                     img,
                     hw: (h, wd),
                     kernel: kh,
@@ -272,15 +277,28 @@ pub fn conv2d_fused(
                     pad: padding,
                     wo,
                 };
-                if !sgemm::try_sgemm_acc_from(dst, Lhs::row_major(wv, k), &source, co, n, k) {
+                sgemm::try_sgemm_fused(dst, lhs, &rhs, (co, n, k), &epilogue)
+            })
+        })
+    })??;
+    if !fused {
+        // No AVX-512: im2col and the `gemm` crate, then the epilogue as a separate pass.
+        with_data2(w, x, |wv, xv| {
+            let mut col = Vec::new();
+            for bi in 0..b {
+                let img = &xv[bi * ci * h * wd..(bi + 1) * ci * h * wd];
+                let dst = &mut out[bi * co * n..(bi + 1) * co * n];
+                if direct {
+                    gemm_crate_acc(dst, wv, img, co, n, k);
+                } else {
                     col.resize(k * n, 0.0);
                     im2col(img, &mut col, h, wd, kh, kw, stride, padding, ho, wo);
                     gemm_crate_acc(dst, wv, &col, co, n, k);
                 }
             }
-        })
-    })??;
-    with_opt_data(residual, |rv| epilogue(&mut out, n, co, bn, rv, relu))?;
+        })?;
+        with_opt_data(residual, |rv| epilogue(&mut out, n, co, bn, rv, relu))?;
+    }
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
 }
 
@@ -367,33 +385,36 @@ pub fn deconv2x2_fused(
         }
     }
     let mut out = vec![0f32; b * co * ho * wo];
-    let mut tmp = vec![0f32; co * 4 * n];
+    let co4 = co * 4;
+    let mut tmp = vec![0f32; n * co4];
+    let plane_len = ho * wo;
     with_opt_data(residual, |rv| {
         with_data2(w, x, |wv, xv| {
             for bi in 0..b {
                 tmp.fill(0.0);
-                // lhs (co·4 × ci) = the weight (ci × co·4) transposed, read in place.
+                // tmp (pixels × co·4) = xᵀ (pixels × ci, the image read transposed in place)
+                // · w (ci × co·4, row-major as stored): the weight streams through the packing
+                // pass contiguously, where reading it transposed would touch a new page per step.
                 let img = &xv[bi * ci * n..][..ci * n];
                 let lhs = Lhs {
-                    data: wv,
+                    data: img,
                     row_stride: 1,
-                    col_stride: co * 4,
+                    col_stride: n,
                 };
-                if !sgemm::try_sgemm_acc_from(&mut tmp, lhs, &Dense { data: img, n }, co * 4, n, ci)
-                {
-                    let lhs = MatRef::transposed(wv, co * 4);
-                    gemm_strided_acc(&mut tmp, lhs, MatRef::rows(img, n), co * 4, n, ci);
+                let rhs = Dense { data: wv, n: co4 };
+                if !sgemm::try_sgemm_acc_from(&mut tmp, lhs, &rhs, n, co4, ci) {
+                    let lhs = MatRef::transposed(img, n);
+                    gemm_strided_acc(&mut tmp, lhs, MatRef::rows(wv, co4), n, co4, ci);
                 }
-                let plane_len = ho * wo;
                 let dst = &mut out[bi * co * plane_len..][..co * plane_len];
                 let res = rv.map(|r| &r[bi * co * plane_len..][..co * plane_len]);
-                dst.par_chunks_mut(plane_len)
+                dst.par_chunks_mut(SHUFFLE_PLANES * plane_len)
                     .enumerate()
-                    .for_each(|(o, plane)| {
-                        let affine = bn.map_or((1.0, 0.0), |bn| (bn.scale[o], bn.shift[o]));
-                        let res = res.map(|r| &r[o * plane_len..][..plane_len]);
-                        let src = &tmp[o * 4 * n..][..4 * n];
-                        shuffle_plane(plane, src, (h, wd), affine, res, relu);
+                    .for_each(|(j, planes)| {
+                        let o0 = j * SHUFFLE_PLANES;
+                        let span = o0 * plane_len..o0 * plane_len + planes.len();
+                        let res = res.map(|r| &r[span]);
+                        shuffle_planes(planes, o0, &tmp, co4, (h, wd), bn, res, relu);
                     });
             }
         })
@@ -401,39 +422,47 @@ pub fn deconv2x2_fused(
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
 }
 
-/// Interleaves the four `(dy, dx)` planes of one output channel (each `h × w`) into the
-/// `2h × 2w` plane, applying `(scale, shift)`, the residual and ReLU on the way: output row
-/// `2y + dy` takes `src[dy·2 + 0][y]` and `src[dy·2 + 1][y]` at even and odd columns.
-fn shuffle_plane(
-    plane: &mut [f32],
-    src: &[f32],
+/// Output channels per task of the pixel shuffle: 4 channels' values for one pixel fill one
+/// 64-byte line of the GEMM result.
+const SHUFFLE_PLANES: usize = 4;
+
+/// Writes output planes `o0 ..` (each `2h × 2w`) from the GEMM result `tmp` (pixel-major, `co4`
+/// values per input pixel, ordered `(o, dy, dx)`), applying the BatchNorm affine, the residual
+/// and ReLU: output `(o, 2y + dy, 2x + dx)` is `tmp[(y·w + x)·co4 + o·4 + dy·2 + dx]`.
+#[allow(clippy::too_many_arguments)]
+fn shuffle_planes(
+    planes: &mut [f32],
+    o0: usize,
+    tmp: &[f32],
+    co4: usize,
     (h, w): (usize, usize),
-    (scale, shift): (f32, f32),
+    bn: Option<&Affine>,
     residual: Option<&[f32]>,
     relu: bool,
 ) {
-    let (n, wo) = (h * w, 2 * w);
+    let (plane_len, wo) = (4 * h * w, 2 * w);
+    let count = planes.len() / plane_len;
+    let affine: Vec<(f32, f32)> = (o0..o0 + count)
+        .map(|o| bn.map_or((1.0, 0.0), |bn| (bn.scale[o], bn.shift[o])))
+        .collect();
     for y in 0..h {
-        for dy in 0..2 {
-            let r = 2 * y + dy;
-            let row = &mut plane[r * wo..][..wo];
-            let s0 = &src[(dy * 2) * n + y * w..][..w];
-            let s1 = &src[(dy * 2 + 1) * n + y * w..][..w];
-            for ((pair, a), b) in row.chunks_exact_mut(2).zip(s0).zip(s1) {
-                pair[0] = a * scale + shift;
-                pair[1] = b * scale + shift;
-            }
-            if let Some(res) = residual {
-                for (o, v) in row.iter_mut().zip(&res[r * wo..][..wo]) {
-                    *o += v;
-                }
-            }
-            if relu {
-                for o in row.iter_mut() {
-                    *o = o.max(0.0);
+        for x in 0..w {
+            let src = &tmp[(y * w + x) * co4 + o0 * 4..][..count * 4];
+            for (j, &(scale, shift)) in affine.iter().enumerate() {
+                let plane = &mut planes[j * plane_len..][..plane_len];
+                for dy in 0..2 {
+                    let at = (2 * y + dy) * wo + 2 * x;
+                    plane[at] = src[j * 4 + dy * 2] * scale + shift;
+                    plane[at + 1] = src[j * 4 + dy * 2 + 1] * scale + shift;
                 }
             }
         }
+    }
+    if let Some(r) = residual {
+        planes.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+    }
+    if relu {
+        planes.iter_mut().for_each(|v| *v = v.max(0.0));
     }
 }
 

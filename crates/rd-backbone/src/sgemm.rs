@@ -227,6 +227,71 @@ impl<'a> Lhs<'a> {
     }
 }
 
+/// What happens to each output element of [`try_sgemm_fused`] once its sum is complete, in this
+/// order: `v·scale[i] + shift[i]`, `+ residual[i][j]`, `max(v, 0)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Per-row scale and shift (an eval-mode BatchNorm over output channels).
+    pub affine: Option<(&'a [f32], &'a [f32])>,
+    /// Added after the affine; laid out like `dst`.
+    pub residual: Option<&'a [f32]>,
+    /// Clamp at zero last.
+    pub relu: bool,
+}
+
+/// How the kernel stores a finished tile.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// `dst += lhs·rhs`.
+    Accumulate,
+    /// `dst = epilogue(lhs·rhs)`; `dst` is not read before the first k block writes it.
+    Overwrite(&'a Epilogue<'a>),
+}
+
+/// `dst (m×n) = epilogue(lhs (m×k) · rhs (k×n))` with the AVX-512 kernel: a convolution with its
+/// BatchNorm, residual and ReLU in one pass over the output, applied as each tile's last k block
+/// is stored. Returns `false` (and leaves `dst` untouched) when the CPU lacks AVX-512F.
+///
+/// # Panics
+///
+/// When `dst`, `lhs`, the affine or the residual is shorter than its shape says.
+pub fn try_sgemm_fused(
+    dst: &mut [f32],
+    lhs: Lhs,
+    rhs: &impl RhsSource,
+    (m, n, k): (usize, usize, usize),
+    epilogue: &Epilogue,
+) -> bool {
+    if let Some((scale, shift)) = epilogue.affine {
+        assert!(
+            scale.len() >= m && shift.len() >= m,
+            "sgemm: affine shorter than {m} rows"
+        );
+    }
+    if let Some(r) = epilogue.residual {
+        assert!(r.len() >= m * n, "sgemm: residual shorter than {m}×{n}");
+    }
+    if k == 0 {
+        // No k block would store anything: multiply a zero column by a zero row instead.
+        let zeros = vec![0f32; m];
+        let store = Store::Overwrite(epilogue);
+        return run(dst, Lhs::row_major(&zeros, 1), &ZeroRow, (m, n, 1), store);
+    }
+    run(dst, lhs, rhs, (m, n, k), Store::Overwrite(epilogue))
+}
+
+/// A 1 × n rhs of zeros (lets an empty product still apply the epilogue).
+struct ZeroRow;
+
+impl RhsSource for ZeroRow {
+    fn pack_panel(&self, _p0: usize, kc: usize, _j0: usize, w: usize, panel: &mut [f32]) {
+        panel
+            .chunks_exact_mut(NR)
+            .take(kc)
+            .for_each(|row| row[..w].fill(0.0));
+    }
+}
+
 /// `dst (m×n) += lhs (m×k) · rhs (k×n)`, row-major and contiguous, with the AVX-512 kernel.
 ///
 /// Returns `false` (and leaves `dst` untouched) when the CPU lacks AVX-512F, so the caller can
@@ -270,6 +335,16 @@ pub fn try_sgemm_acc_from(
     n: usize,
     k: usize,
 ) -> bool {
+    run(dst, lhs, rhs, (m, n, k), Store::Accumulate)
+}
+
+fn run(
+    dst: &mut [f32],
+    lhs: Lhs,
+    rhs: &impl RhsSource,
+    (m, n, k): (usize, usize, usize),
+    store: Store,
+) -> bool {
     assert!(
         dst.len() >= m * n && lhs.fits(m, k),
         "sgemm: slices too short for {m}×{k} · {k}×{n}"
@@ -284,7 +359,7 @@ pub fn try_sgemm_acc_from(
     BUFFER.with(|b| {
         // Take the buffer out so a re-entrant call (none expected) would allocate its own.
         let mut pb = std::mem::take(&mut *b.borrow_mut());
-        imp::sgemm(dst, lhs, rhs, m, n, k, &mut pb);
+        imp::sgemm(dst, lhs, rhs, (m, n, k), &mut pb, store);
         *b.borrow_mut() = pb;
     });
     true
@@ -296,20 +371,84 @@ mod imp {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// The output pointer shared by the tasks; each task writes a disjoint tile range.
+    /// The output shared by the tasks (each writes a disjoint set of tiles) and how tiles are
+    /// stored.
     #[derive(Clone, Copy)]
-    struct OutPtr(*mut f32);
-    // SAFETY: tasks only write disjoint rows×columns ranges of the buffer behind the pointer,
-    // which outlives the parallel section (it is borrowed mutably by `sgemm` throughout).
-    unsafe impl Send for OutPtr {}
-    // SAFETY: as above; the pointer is only read (copied) from shared references.
-    unsafe impl Sync for OutPtr {}
+    pub(super) struct Out<'a> {
+        ptr: *mut f32,
+        n: usize,
+        store: Store<'a>,
+    }
+    // SAFETY: tasks only write disjoint tiles of the buffer behind `ptr`, which outlives the
+    // parallel section (`sgemm` borrows it mutably throughout); the epilogue slices are shared
+    // read-only.
+    unsafe impl Send for Out<'_> {}
+    // SAFETY: as above; `Out` is only copied out of shared references.
+    unsafe impl Sync for Out<'_> {}
 
-    impl OutPtr {
-        /// The pointer (a method, so closures capture the whole `Send` wrapper).
-        fn get(self) -> *mut f32 {
-            self.0
+    impl<'a> Out<'a> {
+        fn new(dst: &'a mut [f32], n: usize, store: Store<'a>) -> Self {
+            Out {
+                ptr: dst.as_mut_ptr(),
+                n,
+                store,
+            }
         }
+
+        /// Runs the micro-kernel on rows `i0..i0+rows`, columns `j0..j0+cols` of the output with
+        /// lhs columns `pc..pc+kc` (of `k`) and the packed panel `b` (kc × NR).
+        ///
+        /// The caller guarantees that no other thread touches this tile meanwhile and that the
+        /// tile lies inside the m × n output (`sgemm`'s shape, asserted by `run`).
+        fn tile(
+            self,
+            lhs: Lhs,
+            b: &[f32],
+            (pc, kc, k): (usize, usize, usize),
+            (i0, rows): (usize, usize),
+            (j0, cols): (usize, usize),
+        ) {
+            let (rs, cs) = (lhs.row_stride, lhs.col_stride);
+            let a = &lhs.data[i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
+            assert!(b.len() >= kc * NR && rows <= MR && cols <= NR);
+            let at = i0 * self.n + j0;
+            let (overwrite, epilogue) = match self.store {
+                Store::Accumulate => (false, None),
+                Store::Overwrite(e) => (pc == 0, (pc + kc == k).then_some(e)),
+            };
+            let epi = epilogue.map(|e| TileEpilogue {
+                affine: e.affine.map(|(s, t)| (s[i0..].as_ptr(), t[i0..].as_ptr())),
+                residual: e.residual.map(|r| r[at..].as_ptr()),
+                relu: e.relu,
+            });
+            // SAFETY: `available()` reported AVX-512F before `run` called `sgemm`; `a` holds
+            // rows i0..i0+rows of lhs from column pc (kc values, strides rs, cs) and `b`
+            // kc×NR floats (both checked by the slicing and assert above); the tile lies inside
+            // dst and the residual (m×n, asserted by the callers), the affine pointers cover
+            // rows i0..i0+rows (asserted ≥ m by `try_sgemm_fused`), and no other thread
+            // touches the tile (the caller's guarantee).
+            unsafe {
+                kernel(
+                    kc,
+                    a.as_ptr(),
+                    (rs, cs),
+                    b.as_ptr(),
+                    self.ptr.add(at),
+                    self.n,
+                    (rows, cols),
+                    overwrite,
+                    epi,
+                );
+            }
+        }
+    }
+
+    /// The epilogue of one tile: pointers at its first row (affine) or first element (residual).
+    #[derive(Clone, Copy)]
+    struct TileEpilogue {
+        affine: Option<(*const f32, *const f32)>,
+        residual: Option<*const f32>,
+        relu: bool,
     }
 
     fn round_up(x: usize, to: usize) -> usize {
@@ -329,15 +468,15 @@ mod imp {
         dst: &mut [f32],
         lhs: Lhs,
         rhs: &impl RhsSource,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
         pb: &mut Vec<f32>,
+        store: Store,
     ) {
         let threads = rayon::current_num_threads();
         let par = m * n * k >= PAR_MIN_MACS && threads > 1;
+        let out = Out::new(dst, n, store);
         if n >= SLAB_MIN_TASKS * NT {
-            return sgemm_slabs(dst, lhs, rhs, m, n, k, par);
+            return sgemm_slabs(out, lhs, rhs, (m, n, k), par);
         }
         // k in equal blocks of at most KC, as the `gemm` crate splits it: per element the same
         // summation order (one FMA chain per block, added to dst), hence the same rounding.
@@ -345,7 +484,6 @@ mod imp {
         // Columns per packed rhs block: all of n when the block stays under PACK_MAX floats.
         let nc_blk = round_up((PACK_MAX / k).max(NR), NR).min(round_up(n, NR));
         let pb = aligned(pb, k * nc_blk);
-        let out = OutPtr(dst.as_mut_ptr());
         for jc in (0..n).step_by(nc_blk) {
             let nc = (n - jc).min(nc_blk);
             let nc_pad = round_up(nc, NR);
@@ -383,28 +521,9 @@ mod imp {
                         let b = &pb[(j0 / NR) * k * NR + pc * NR..][..kc * NR];
                         for i0 in (i_lo..i_hi).step_by(MR) {
                             let rows = (i_hi - i0).min(MR);
-                            let (rs, cs) = (lhs.row_stride, lhs.col_stride);
-                            let a = &lhs.data
-                                [i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
-                            // SAFETY: `available()` reported AVX-512F before `sgemm` was
-                            // called; `a` holds rows `i0..i0+rows` of lhs from column pc
-                            // (kc values each, strides rs and cs) and `b` kc×NR floats; the tile
-                            // rows i0..i0+rows ≤ m, columns jc+j0..+cols ≤ n, so every
-                            // access through `out` with row stride n stays inside `dst`
-                            // (checked by the caller's assert), and no other task writes
-                            // these elements (tasks partition rows by mc, columns by NT).
-                            unsafe {
-                                kernel(
-                                    kc,
-                                    a.as_ptr(),
-                                    (rs, cs),
-                                    b.as_ptr(),
-                                    out.get().add(i0 * n + jc + j0),
-                                    n,
-                                    rows,
-                                    cols,
-                                );
-                            }
+                            // Tasks partition rows by mc and columns by NT: no other task
+                            // touches this tile.
+                            out.tile(lhs, b, (pc, kc, k), (i0, rows), (jc + j0, cols));
                         }
                     }
                 }
@@ -423,17 +542,13 @@ mod imp {
     /// of packing the whole rhs first (megabytes for a 64×64 map) and reading it back from L3.
     /// The k blocks are those of [`sgemm`], so every element sums in the same order.
     fn sgemm_slabs(
-        dst: &mut [f32],
+        out: Out,
         lhs: Lhs,
         rhs: &impl RhsSource,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
         par: bool,
     ) {
         let kc_blk = k.div_ceil(k.div_ceil(KC));
-        let out = OutPtr(dst.as_mut_ptr());
-        let (rs, cs) = (lhs.row_stride, lhs.col_stride);
         let task = |tj: usize| {
             let (j_lo, j_hi) = (tj * NT, ((tj + 1) * NT).min(n));
             let width = round_up(j_hi - j_lo, NR);
@@ -458,25 +573,8 @@ mod imp {
                         let b = &pb[jp * kc * NR..][..kc * NR];
                         for i0 in (0..m).step_by(MR) {
                             let rows = (m - i0).min(MR);
-                            let a = &lhs.data
-                                [i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
-                            // SAFETY: as in `sgemm`: AVX-512F was detected; `a` holds rows
-                            // i0..i0+rows of lhs from column pc (kc values, strides rs, cs),
-                            // `b` kc×NR floats; the tile (rows ≤ m, columns j0..j0+cols ≤ n)
-                            // lies inside `dst` (the caller's assert) and only this task,
-                            // which owns columns j_lo..j_hi, writes it.
-                            unsafe {
-                                kernel(
-                                    kc,
-                                    a.as_ptr(),
-                                    (rs, cs),
-                                    b.as_ptr(),
-                                    out.get().add(i0 * n + j0),
-                                    n,
-                                    rows,
-                                    cols,
-                                );
-                            }
+                            // Only this task, which owns columns j_lo..j_hi, touches the tile.
+                            out.tile(lhs, b, (pc, kc, k), (i0, rows), (j0, cols));
                         }
                     }
                 }
@@ -490,13 +588,16 @@ mod imp {
         }
     }
 
-    /// `c[i][j] += Σ_p a[i·rs + p·cs] · b[p·NR + j]` for `i < rows ≤ MR`, `j < cols ≤ NR`, `p < kc`.
+    /// `c[i][j] (+)= Σ_p a[i·rs + p·cs] · b[p·NR + j]` for `i < rows ≤ MR`, `j < cols ≤ NR`,
+    /// `p < kc`: accumulated into `c`, or stored over it when `overwrite`; then, with `epi`,
+    /// `v·scale[i] + shift[i]`, `+ residual[i·ldc + j]` and ReLU.
     ///
     /// # Safety
     ///
     /// The CPU supports AVX-512F; `a + i·rs + p·cs` is readable for `i < rows`, `p < kc`; `b`
     /// points to `kc·NR` readable floats; `c + i·ldc + j` is valid for reads and writes for
-    /// every `i < rows`, `j < cols`, and nothing else accesses those elements meanwhile.
+    /// every `i < rows`, `j < cols`, and nothing else accesses those elements meanwhile; the
+    /// epilogue's affine pointers are readable for `rows` values and its residual like `c`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel(
@@ -506,8 +607,9 @@ mod imp {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
+        overwrite: bool,
+        epi: Option<TileEpilogue>,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         // Rows past `rows` (the m edge) repeat the last valid row; their sums are discarded.
@@ -530,35 +632,60 @@ mod imp {
                 b = b.add(NR);
             }
         }
-        let m0: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u32 << cols) as u16 - 1
+        // SAFETY: the caller's contract covers the tile and the epilogue pointers.
+        unsafe { store_tile(&acc, c, ldc, (rows, cols), overwrite, epi) }
+    }
+
+    /// Stores the accumulators of [`kernel`] (see there). Kept out of line so the epilogue's
+    /// code does not crowd the registers of the FMA loop.
+    ///
+    /// # Safety
+    ///
+    /// As for [`kernel`].
+    #[inline(never)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_tile(
+        acc: &[[__m512; 2]; MR],
+        c: *mut f32,
+        ldc: usize,
+        (rows, cols): (usize, usize),
+        overwrite: bool,
+        epi: Option<TileEpilogue>,
+    ) {
+        let mask = |lo: usize| -> __mmask16 {
+            let n = cols.saturating_sub(lo).min(16);
+            ((1u32 << n) - 1) as __mmask16
         };
-        let m1: __mmask16 = if cols >= 32 {
-            0xffff
-        } else if cols > 16 {
-            (1u32 << (cols - 16)) as u16 - 1
-        } else {
-            0
-        };
+        let masks = [mask(0), mask(16)];
         for (i, acc) in acc.iter().enumerate().take(rows) {
-            // SAFETY: row i < rows and only the lanes j < cols (masks m0, m1) are touched;
-            // masked-off lanes are neither read nor written (no fault).
-            unsafe {
-                let ci = c.add(i * ldc);
-                if cols == NR {
-                    let v0 = _mm512_add_ps(_mm512_loadu_ps(ci), acc[0]);
-                    let v1 = _mm512_add_ps(_mm512_loadu_ps(ci.add(16)), acc[1]);
-                    _mm512_storeu_ps(ci, v0);
-                    _mm512_storeu_ps(ci.add(16), v1);
-                } else {
-                    let v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), acc[0]);
-                    _mm512_mask_storeu_ps(ci, m0, v0);
-                    if m1 != 0 {
-                        let v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci.add(16)), acc[1]);
-                        _mm512_mask_storeu_ps(ci.add(16), m1, v1);
+            for (h, (&m, &acc)) in masks.iter().zip(acc).enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                // SAFETY: row i < rows and only lanes j < cols (mask m) are touched; masked-off
+                // lanes are neither read nor written (no fault). The epilogue pointers are
+                // valid for row i and the same lanes (the caller's contract).
+                unsafe {
+                    let ci = c.add(i * ldc + 16 * h);
+                    let mut v = if overwrite {
+                        acc
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, ci), acc)
+                    };
+                    if let Some(e) = epi {
+                        if let Some((scale, shift)) = e.affine {
+                            v = _mm512_mul_ps(v, _mm512_set1_ps(*scale.add(i)));
+                            v = _mm512_add_ps(v, _mm512_set1_ps(*shift.add(i)));
+                        }
+                        if let Some(r) = e.residual {
+                            let r = _mm512_maskz_loadu_ps(m, r.add(i * ldc + 16 * h));
+                            v = _mm512_add_ps(v, r);
+                        }
+                        if e.relu {
+                            v = _mm512_max_ps(v, _mm512_setzero_ps());
+                        }
                     }
+                    _mm512_mask_storeu_ps(ci, m, v);
                 }
             }
         }

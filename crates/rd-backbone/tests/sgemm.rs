@@ -235,3 +235,65 @@ fn im2col_source_matches_the_definition() {
         }
     }
 }
+
+/// `try_sgemm_fused` equals the accumulating GEMM followed by the epilogue, bit for bit, with
+/// one and several k blocks, every epilogue part, ragged edges and an empty k.
+#[test]
+fn fused_epilogue_equals_separate_passes() {
+    if !sgemm::available() {
+        return;
+    }
+    for &(m, n, k) in &[(9, 33, 17), (17, 1100, 2100), (64, 300, 1500), (5, 7, 0)] {
+        let mut a = vec![0f32; m * k];
+        let mut b = vec![0f32; k * n];
+        let mut scale = vec![0f32; m];
+        let mut shift = vec![0f32; m];
+        let mut res = vec![0f32; m * n];
+        fill(&mut a, 1);
+        fill(&mut b, 2);
+        fill(&mut scale, 3);
+        fill(&mut shift, 4);
+        fill(&mut res, 5);
+        let mut plain = vec![0f32; m * n];
+        assert!(sgemm::try_sgemm_acc(&mut plain, &a, &b, m, n, k));
+        for (affine, residual, relu) in [
+            (true, true, true),
+            (true, false, true),
+            (false, true, false),
+        ] {
+            let epilogue = sgemm::Epilogue {
+                affine: affine.then_some((&scale[..], &shift[..])),
+                residual: residual.then_some(&res[..]),
+                relu,
+            };
+            let mut got = vec![f32::NAN; m * n];
+            let lhs = sgemm::Lhs::row_major(&a, k);
+            let rhs = sgemm::Dense { data: &b, n };
+            assert!(sgemm::try_sgemm_fused(
+                &mut got,
+                lhs,
+                &rhs,
+                (m, n, k),
+                &epilogue
+            ));
+            for (idx, (&g, &p)) in got.iter().zip(&plain).enumerate() {
+                let i = idx / n;
+                let mut want = p;
+                if affine {
+                    want = want * scale[i] + shift[i];
+                }
+                if residual {
+                    want += res[idx];
+                }
+                if relu {
+                    want = want.max(0.0);
+                }
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "{m}×{n}×{k} element {idx}: {g} vs {want}"
+                );
+            }
+        }
+    }
+}
