@@ -632,12 +632,34 @@ mod imp {
                 b = b.add(NR);
             }
         }
-        // SAFETY: the caller's contract covers the tile and the epilogue pointers.
-        unsafe { store_tile(&acc, c, ldc, (rows, cols), overwrite, epi) }
+        if overwrite || epi.is_some() {
+            // SAFETY: the caller's contract covers the tile and the epilogue pointers.
+            return unsafe { store_tile(&acc, c, ldc, (rows, cols), overwrite, epi) };
+        }
+        // Plain accumulation inline: with a short k (a 64-channel backward GEMM) a call per
+        // tile would cost as much as the FMAs.
+        let mask = |lo: usize| -> __mmask16 {
+            let n = cols.saturating_sub(lo).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        for (i, acc) in acc.iter().enumerate().take(rows) {
+            // SAFETY: row i < rows and only lanes j < cols (masks m0, m1) are touched;
+            // masked-off lanes are neither read nor written (no fault).
+            unsafe {
+                let ci = c.add(i * ldc);
+                let v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), acc[0]);
+                _mm512_mask_storeu_ps(ci, m0, v0);
+                if m1 != 0 {
+                    let v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci.add(16)), acc[1]);
+                    _mm512_mask_storeu_ps(ci.add(16), m1, v1);
+                }
+            }
+        }
     }
 
-    /// Stores the accumulators of [`kernel`] (see there). Kept out of line so the epilogue's
-    /// code does not crowd the registers of the FMA loop.
+    /// Stores the accumulators of [`kernel`] when it overwrites or applies the epilogue (see
+    /// there). Kept out of line so the epilogue's code does not crowd the FMA loop's registers.
     ///
     /// # Safety
     ///

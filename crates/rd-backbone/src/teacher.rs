@@ -132,8 +132,24 @@ impl Teacher {
     }
 
     /// layer1..layer3 features of an ImageNet-normalised batch `[B, 3, H, W]`.
+    ///
+    /// On the fast path a batch goes through one image at a time: the fused kernels work per
+    /// image anyway, and one image's activations stay in the caches from layer to layer.
     pub fn forward(&self, x: &Tensor) -> Result<FeatureMaps> {
         check_input(x)?;
+        let b = x.dim(0)?;
+        if b > 1 && crate::fast::fast_ok(x) {
+            let parts = (0..b)
+                .map(|i| self.forward_batch(&x.narrow(0, i, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            let cat = |k: usize| Tensor::cat(&parts.iter().map(|f| &f[k]).collect::<Vec<_>>(), 0);
+            return Ok(FeatureMaps([cat(0)?, cat(1)?, cat(2)?]));
+        }
+        self.forward_batch(x)
+    }
+
+    /// [`forward`](Self::forward) on the whole batch at once.
+    fn forward_batch(&self, x: &Tensor) -> Result<FeatureMaps> {
         let h = if crate::fast::fast_ok(x) {
             let bn = self.bn1.eval_affine()?;
             self.conv1.forward_fused(x, Some(&bn), None, true)?
