@@ -26,9 +26,13 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 use crate::fast::{gemm_acc, im2col};
+use crate::sgemm::{try_sgemm_acc_from, try_sgemm_fused, Dense, Epilogue, Im2col, Lhs};
 
 /// Independent f64 accumulators per channel in the BatchNorm backward sums.
 const LANES: usize = 8;
+
+/// Least GEMM depth (pixels summed over) of a weight-gradient GEMM, reached by grouping images.
+const DW_MIN_DEPTH: usize = 512;
 
 /// Element-wise passes work on chunks of this many values per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -220,6 +224,18 @@ impl ConvGeom {
         buf
     }
 
+    /// The im2col matrix of one image as a GEMM source read in place.
+    fn im2col_source<'a>(&self, img: &'a [f32]) -> Im2col<'a> {
+        Im2col {
+            img,
+            hw: (self.h, self.w),
+            kernel: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            wo: self.wo,
+        }
+    }
+
     /// Adds the im2col-shaped gradient `dcol` back onto the image gradient `dimg` (zeroed),
     /// in parallel over input channels so that no two tasks write the same value.
     fn col2im(&self, dcol: &[f32], dimg: &mut [f32]) {
@@ -280,13 +296,42 @@ impl Conv2dOp {
     /// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`.
     fn grad_weight(&self, g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let (kd, n, co) = (g.kdim(), g.n(), g.co);
+        // On small maps one image gives a shallow GEMM (depth = its pixels, 64 on an 8×8 map),
+        // which spends its time storing tiles: images go in groups of at least DW_MIN_DEPTH
+        // pixels, their im2col matrices side by side and their transposed dY stacked.
+        let group = (DW_MIN_DEPTH / n).clamp(1, g.b);
         let mut dwt = Scratch::zeroed(kd * co);
         let mut buf = Scratch::take(if g.pointwise() { 0 } else { kd * n });
-        let mut dyt = Scratch::take(co * n);
-        for bi in 0..g.b {
-            let col = g.col(&x[bi * g.in_len()..][..g.in_len()], &mut buf);
-            transpose_into(&dy[bi * co * n..][..co * n], co, n, &mut dyt);
-            gemm_acc(&mut dwt, col, &dyt, kd, co, n);
+        let mut colg = Scratch::take(if group > 1 { kd * group * n } else { 0 });
+        let mut dyt = Scratch::take(group * n * co);
+        for b0 in (0..g.b).step_by(group) {
+            let gb = group.min(g.b - b0);
+            let depth = gb * n;
+            for j in 0..gb {
+                let dyb = &dy[(b0 + j) * co * n..][..co * n];
+                transpose_into(dyb, co, n, &mut dyt[j * n * co..][..n * co]);
+            }
+            let image = |j: usize| &x[(b0 + j) * g.in_len()..][..g.in_len()];
+            if gb == 1 {
+                let col = g.col(image(0), &mut buf);
+                gemm_acc(&mut dwt, col, &dyt[..depth * co], kd, co, depth);
+                continue;
+            }
+            for j in 0..gb {
+                let col = g.col(image(j), &mut buf);
+                colg[..kd * depth]
+                    .par_chunks_mut(depth)
+                    .zip(col.par_chunks(n))
+                    .for_each(|(dst, src)| dst[j * n..(j + 1) * n].copy_from_slice(src));
+            }
+            gemm_acc(
+                &mut dwt,
+                &colg[..kd * depth],
+                &dyt[..depth * co],
+                kd,
+                co,
+                depth,
+            );
         }
         transpose(&dwt, kd, co)
     }
@@ -294,16 +339,26 @@ impl Conv2dOp {
     /// `dX_b = col2im(Wᵀ·dY_b)`.
     fn grad_input(&self, g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
         let (kd, n, co) = (g.kdim(), g.n(), g.co);
-        let wt = transpose_scratch(w, co, kd);
+        // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
+        let wt_view = Lhs {
+            data: w,
+            row_stride: 1,
+            col_stride: kd,
+        };
+        let mut wt = None;
         let mut dx = vec![0f32; g.b * g.in_len()];
         let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
         for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
             let dyb = &dy[bi * co * n..][..co * n];
-            if g.pointwise() {
-                gemm_acc(dxb, &wt, dyb, kd, n, co);
-            } else {
-                dcol.fill(0.0);
-                gemm_acc(&mut dcol, &wt, dyb, kd, n, co);
+            let target: &mut [f32] = if g.pointwise() { dxb } else { &mut dcol };
+            // Overwrites the target (no zeroing pass).
+            let rhs = Dense { data: dyb, n };
+            if !try_sgemm_fused(target, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
+                let wt = wt.get_or_insert_with(|| transpose_scratch(w, co, kd));
+                target.fill(0.0);
+                gemm_acc(target, wt, dyb, kd, n, co);
+            }
+            if !g.pointwise() {
                 g.col2im(&dcol, dxb);
             }
         }
@@ -327,10 +382,21 @@ impl CustomOp2 for Conv2dOp {
         let (x, w) = (f32_data(xs, xl, "conv2d")?, f32_data(ws, wl, "conv2d")?);
         let (kd, n) = (g.kdim(), g.n());
         let mut out = vec![0f32; g.b * g.co * n];
-        let mut buf = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+        let mut buf = Vec::new();
         for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
-            let col = g.col(&x[bi * g.in_len()..][..g.in_len()], &mut buf);
-            gemm_acc(dst, w, col, g.co, n, kd);
+            let img = &x[bi * g.in_len()..][..g.in_len()];
+            // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+            let lhs = Lhs::row_major(w, kd);
+            let packed = if g.pointwise() {
+                try_sgemm_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+            } else {
+                try_sgemm_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+            };
+            if !packed {
+                buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
+                let col = g.col(img, &mut buf);
+                gemm_acc(dst, w, col, g.co, n, kd);
+            }
         }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.co, g.ho, g.wo))))
     }
