@@ -384,7 +384,6 @@ pub fn deconv2x2_fused(
             x.dims()
         );
     }
-    let n = h * wd;
     let (ho, wo) = (2 * h, 2 * wd);
     if let Some(r) = residual {
         if r.dims() != [b, co, ho, wo] {
@@ -395,42 +394,74 @@ pub fn deconv2x2_fused(
             );
         }
     }
-    let mut out = vec![0f32; b * co * ho * wo];
-    let co4 = co * 4;
-    let mut tmp = vec![0f32; n * co4];
-    let plane_len = ho * wo;
-    with_opt_data(residual, |rv| {
+    let out = with_opt_data(residual, |rv| {
         with_data2(w, x, |wv, xv| {
-            for bi in 0..b {
-                tmp.fill(0.0);
-                // tmp (pixels × co·4) = xᵀ (pixels × ci, the image read transposed in place)
-                // · w (ci × co·4, row-major as stored): the weight streams through the packing
-                // pass contiguously, where reading it transposed would touch a new page per step.
-                let img = &xv[bi * ci * n..][..ci * n];
-                let lhs = Lhs {
-                    data: img,
-                    row_stride: 1,
-                    col_stride: n,
-                };
-                let rhs = Dense { data: wv, n: co4 };
-                if !sgemm::try_sgemm_acc_from(&mut tmp, lhs, &rhs, n, co4, ci) {
-                    let lhs = MatRef::transposed(img, n);
-                    gemm_strided_acc(&mut tmp, lhs, MatRef::rows(wv, co4), n, co4, ci);
-                }
-                let dst = &mut out[bi * co * plane_len..][..co * plane_len];
-                let res = rv.map(|r| &r[bi * co * plane_len..][..co * plane_len]);
-                dst.par_chunks_mut(SHUFFLE_PLANES * plane_len)
-                    .enumerate()
-                    .for_each(|(j, planes)| {
-                        let o0 = j * SHUFFLE_PLANES;
-                        let span = o0 * plane_len..o0 * plane_len + planes.len();
-                        let res = res.map(|r| &r[span]);
-                        shuffle_planes(planes, o0, &tmp, co4, (h, wd), bn, res, relu);
-                    });
-            }
+            let epilogue = DeconvEpilogue {
+                bn,
+                residual: rv,
+                relu,
+            };
+            deconv2x2_data(xv, wv, (b, ci, co), (h, wd), &epilogue)
         })
     })??;
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
+}
+
+/// What [`deconv2x2_data`] applies to each output value: the BatchNorm affine, then the
+/// residual (laid out like the output), then ReLU.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DeconvEpilogue<'a> {
+    pub bn: Option<&'a Affine>,
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// The k2 s2 transposed convolution of `b` NCHW images `x` (ci × h × w each) with `w`
+/// (ci × co × 2 × 2), as an output buffer `b × co × 2h × 2w`: per image one GEMM and a pixel
+/// shuffle that applies the epilogue.
+pub(crate) fn deconv2x2_data(
+    x: &[f32],
+    w: &[f32],
+    (b, ci, co): (usize, usize, usize),
+    (h, wd): (usize, usize),
+    epilogue: &DeconvEpilogue,
+) -> Vec<f32> {
+    let n = h * wd;
+    let co4 = co * 4;
+    let plane_len = 4 * n;
+    let mut out = vec![0f32; b * co * plane_len];
+    let mut tmp = vec![0f32; n * co4];
+    for bi in 0..b {
+        tmp.fill(0.0);
+        // tmp (pixels × co·4) = xᵀ (pixels × ci, the image read transposed in place)
+        // · w (ci × co·4, row-major as stored): the weight streams through the packing
+        // pass contiguously, where reading it transposed would touch a new page per step.
+        let img = &x[bi * ci * n..][..ci * n];
+        let lhs = Lhs {
+            data: img,
+            row_stride: 1,
+            col_stride: n,
+        };
+        let rhs = Dense { data: w, n: co4 };
+        if !sgemm::try_sgemm_acc_from(&mut tmp, lhs, &rhs, n, co4, ci) {
+            let lhs = MatRef::transposed(img, n);
+            gemm_strided_acc(&mut tmp, lhs, MatRef::rows(w, co4), n, co4, ci);
+        }
+        let dst = &mut out[bi * co * plane_len..][..co * plane_len];
+        let res = epilogue
+            .residual
+            .map(|r| &r[bi * co * plane_len..][..co * plane_len]);
+        dst.par_chunks_mut(SHUFFLE_PLANES * plane_len)
+            .enumerate()
+            .for_each(|(j, planes)| {
+                let o0 = j * SHUFFLE_PLANES;
+                let span = o0 * plane_len..o0 * plane_len + planes.len();
+                let res = res.map(|r| &r[span]);
+                let (bn, relu) = (epilogue.bn, epilogue.relu);
+                shuffle_planes(planes, o0, &tmp, co4, (h, wd), bn, res, relu);
+            });
+    }
+    out
 }
 
 /// Output channels per task of the pixel shuffle: 4 channels' values for one pixel fill one

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-use crate::fast::{gemm_acc, im2col};
+use crate::fast::{deconv2x2_data, gemm_acc, im2col, DeconvEpilogue};
 use crate::sgemm::{try_sgemm_acc_from, try_sgemm_fused, Dense, Epilogue, Im2col, Lhs};
 
 /// Independent f64 accumulators per channel in the BatchNorm backward sums.
@@ -752,25 +752,8 @@ fn deconv_dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize, usize, 
 }
 
 impl Deconv2x2Op {
-    /// Scatters `tmp` rows `(o, dy, dx)` (each h·w) into the output planes `o` (2h·2w).
-    fn shuffle(tmp: &[f32], out: &mut [f32], h: usize, w: usize) {
-        let n = h * w;
-        out.par_chunks_mut(4 * n)
-            .enumerate()
-            .for_each(|(o, plane)| {
-                for (r, src) in tmp[o * 4 * n..][..4 * n].chunks_exact(n).enumerate() {
-                    let (dy, dx) = (r / 2, r % 2);
-                    for (y, src) in src.chunks_exact(w).enumerate() {
-                        let row = &mut plane[(2 * y + dy) * 2 * w..][..2 * w];
-                        for (x, &v) in src.iter().enumerate() {
-                            row[2 * x + dx] = v;
-                        }
-                    }
-                }
-            });
-    }
-
-    /// The inverse of [`Self::shuffle`]: output-plane gradients back into rows `(o, dy, dx)`.
+    /// The inverse of the forward pixel shuffle: output-plane gradients back into rows
+    /// `(o, dy, dx)`.
     fn unshuffle(grad: &[f32], rows: &mut [f32], h: usize, w: usize) {
         let n = h * w;
         rows.par_chunks_mut(n).enumerate().for_each(|(r, dst)| {
@@ -803,16 +786,8 @@ impl CustomOp2 for Deconv2x2Op {
             f32_data(xs, xl, "deconv2x2")?,
             f32_data(ws, wl, "deconv2x2")?,
         );
-        let n = h * wd;
-        // w as (ci, co·4) is the transpose of the GEMM's left operand: rows (o, dy, dx).
-        let lhs = transpose_scratch(w, ci, co * 4);
-        let mut out = vec![0f32; b * co * 4 * n];
-        let mut tmp = Scratch::take(co * 4 * n);
-        for (bi, dst) in out.chunks_exact_mut(co * 4 * n).enumerate() {
-            tmp.fill(0.0);
-            gemm_acc(&mut tmp, &lhs, &x[bi * ci * n..][..ci * n], co * 4, n, ci);
-            Self::shuffle(&tmp, dst, h, wd);
-        }
+        let epilogue = DeconvEpilogue::default();
+        let out = deconv2x2_data(x, w, (b, ci, co), (h, wd), &epilogue);
         Ok((CpuStorage::F32(out), Shape::from((b, co, 2 * h, 2 * wd))))
     }
 
