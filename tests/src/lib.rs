@@ -1,10 +1,13 @@
-//! Shared helpers for the workspace-level tests: locating the reference fixtures in `$RD_SHARED`.
+//! Shared helpers for the workspace's tests: locating the reference fixtures in `$RD_SHARED`, and
+//! seeded random tensors.
 //!
 //! Fixtures are made by anomalib itself and live beside the repository (`../shared`), never in it.
 //! A test that needs them calls [`fixture_dir`]; on a user's fresh clone (no `shared/`) the test is
 //! skipped with a printed reason, while CI sets `RD_REQUIRE_SHARED=1` so a missing fixture fails.
 
 use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
 
 /// The shared reference folder: `$RD_SHARED`, else `shared/` beside the repository root.
 pub fn shared_root() -> PathBuf {
@@ -50,4 +53,20 @@ pub fn fixture_cases(kind: &str) -> Option<Vec<PathBuf>> {
         return None;
     }
     Some(cases)
+}
+
+/// A CPU tensor of uniform values in [-scale, scale) from a small deterministic generator
+/// (xorshift seeded by `seed`), the same on every machine.
+pub fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("the shape matches the values")
 }

@@ -101,31 +101,7 @@ pub(crate) fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: u
 
 /// [`gemm_acc`] through the `gemm` crate only (the fallback; public for the GEMM benchmark).
 pub fn gemm_crate_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the asserts above bound every access gemm makes with these strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm_threads(),
-        )
-    }
+    gemm_crate_strided(dst, MatRef::rows(lhs, k), MatRef::rows(rhs, n), m, n, k)
 }
 
 /// A strided matrix view for [`gemm_strided_acc`]: element (i, j) is `data[i·rs + j·cs]`.
@@ -156,8 +132,8 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `dst (m×n, row-major) += lhs (m×k) · rhs (k×n)` for strided (e.g. transposed) operands,
-/// through the `gemm` crate; the row-major case goes to [`gemm_acc`].
+/// `dst (m×n, row-major) += lhs (m×k) · rhs (k×n)` for strided (e.g. transposed) operands:
+/// the row-major case goes to [`gemm_acc`], the others to the `gemm` crate.
 pub(crate) fn gemm_strided_acc(
     dst: &mut [f32],
     lhs: MatRef,
@@ -169,6 +145,11 @@ pub(crate) fn gemm_strided_acc(
     if lhs.cs == 1 && lhs.rs == k && rhs.cs == 1 && rhs.rs == n {
         return gemm_acc(dst, lhs.data, rhs.data, m, n, k);
     }
+    gemm_crate_strided(dst, lhs, rhs, m, n, k)
+}
+
+/// `dst (m×n, row-major) += lhs · rhs` through the `gemm` crate, any strides.
+fn gemm_crate_strided(dst: &mut [f32], lhs: MatRef, rhs: MatRef, m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }

@@ -13,21 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rd_backbone::fast::with_reference;
 use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d};
 use rd_backbone::train_ops;
-
-/// Uniform values in [-scale, scale) from a small deterministic generator (xorshift).
-fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use rd_tests::noise;
 
 fn max_abs(t: &Tensor) -> f32 {
     t.abs()

@@ -6,20 +6,7 @@ use rd_anomaly_map::MapMode;
 use rd_backbone::fast::{self, with_reference, Affine};
 use rd_backbone::{Backbone, Teacher};
 use rd_model::{ModelConfig, ReverseDistillation, Student, Variant};
-
-fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use rd_tests::noise;
 
 /// max |a − b| / max |b|
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
