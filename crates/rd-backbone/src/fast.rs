@@ -294,6 +294,34 @@ pub fn conv2d_fused(
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
 }
 
+/// torchvision's stem max-pool (`MaxPool2d(3, stride 2, padding 1)`, padding never wins) of
+/// an NCHW f32 tensor, one parallel pass over the channel planes; no autograd graph.
+pub fn max_pool3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        candle_core::bail!("max_pool3x3_s2_p1: empty input {:?}", x.dims());
+    }
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let mut out = vec![0f32; b * c * ho * wo];
+    with_data(x, |xv| {
+        out.par_chunks_mut(ho * wo)
+            .zip(xv.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for (oy, row) in dst.chunks_exact_mut(wo).enumerate() {
+                    let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h);
+                    for (ox, d) in row.iter_mut().enumerate() {
+                        let cols = (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w);
+                        *d = rows
+                            .clone()
+                            .flat_map(|y| &src[y * w..][cols.clone()])
+                            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    }
+                }
+            });
+    })?;
+    Tensor::from_vec(out, (b, c, ho, wo), x.device())
+}
+
 /// Rows `(c, ky, kx)` of the im2col matrix of one image, in parallel over rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col(

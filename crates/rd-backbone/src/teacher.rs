@@ -158,10 +158,13 @@ impl Teacher {
         };
         // PyTorch pads max-pooling with -inf; repeating the edge gives the same maxima because
         // every window already contains the edge pixel.
-        let h = h
-            .pad_with_same(3, 1, 1)?
-            .pad_with_same(2, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        let h = if crate::fast::fast_ok(&h) {
+            crate::fast::max_pool3x3_s2_p1(&h)?
+        } else {
+            h.pad_with_same(3, 1, 1)?
+                .pad_with_same(2, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?
+        };
         let f1 = self.layers[0].forward_t(&h, false)?;
         let f2 = self.layers[1].forward_t(&f1, false)?;
         let f3 = self.layers[2].forward_t(&f2, false)?;

@@ -170,3 +170,21 @@ fn fast_model_equals_reference_resnet18() {
 fn fast_model_equals_reference_wide_resnet50_2() {
     check_model(Backbone::WideResnet50_2, 64);
 }
+
+#[test]
+fn fused_max_pool_equals_candle_padding_and_pool() {
+    for (i, &(b, c, h, w)) in [(2, 3, 16, 16), (1, 2, 15, 9), (1, 1, 2, 3)].iter().enumerate() {
+        // all negative, so a zero padding would win and be caught
+        let x = (noise(&[b, c, h, w], 40 + i as u64, 1.0) - 2.0).unwrap();
+        let want = x
+            .pad_with_same(3, 1, 1)
+            .unwrap()
+            .pad_with_same(2, 1, 1)
+            .unwrap()
+            .max_pool2d_with_stride(3, 2)
+            .unwrap();
+        let got = fast::max_pool3x3_s2_p1(&x).unwrap();
+        assert_eq!(got.dims(), want.dims(), "case {i}");
+        assert_eq!(max_abs(&got, &want), 0.0, "case {i}");
+    }
+}
