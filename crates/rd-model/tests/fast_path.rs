@@ -173,7 +173,10 @@ fn fast_model_equals_reference_wide_resnet50_2() {
 
 #[test]
 fn fused_max_pool_equals_candle_padding_and_pool() {
-    for (i, &(b, c, h, w)) in [(2, 3, 16, 16), (1, 2, 15, 9), (1, 1, 2, 3)].iter().enumerate() {
+    for (i, &(b, c, h, w)) in [(2, 3, 16, 16), (1, 2, 15, 9), (1, 1, 2, 3)]
+        .iter()
+        .enumerate()
+    {
         // all negative, so a zero padding would win and be caught
         let x = (noise(&[b, c, h, w], 40 + i as u64, 1.0) - 2.0).unwrap();
         let want = x
