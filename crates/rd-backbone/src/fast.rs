@@ -3,20 +3,22 @@
 //! Candle's CPU `conv2d` copies NCHW to NHWC on one thread and builds its im2col in small tiles,
 //! reaching about a third of its own matmul speed; `conv_transpose2d` has no matmul path at all;
 //! and every element-wise op (BatchNorm's sub/mul/add, ReLU, the residual add) is a separate,
-//! single-threaded pass over the activations. The fused kernels here do, per layer:
+//! single-threaded pass over the activations. The fused kernels here do, per layer and image:
 //!
-//! * BatchNorm folded into the convolution (eval statistics): `w' = w·γ/σ`, `b' = β − μ·γ/σ`;
-//! * one parallel im2col (none for 1×1 stride-1 convolutions) and one GEMM call per image,
-//!   with the output buffer pre-filled with the folded bias (`C = C + W·col`): the AVX-512
-//!   kernel of [`crate::sgemm`] where the CPU has AVX-512F, else the `gemm` crate;
-//! * the residual add and ReLU in one parallel pass over the output.
+//! * one GEMM whose rhs is packed straight from the image ([`crate::sgemm::Im2col`]; the image
+//!   itself for 1×1 stride-1 convolutions), with the weights read in place: the AVX-512 kernel of
+//!   [`crate::sgemm`] where the CPU has AVX-512F, else im2col and the `gemm` crate;
+//! * the eval-mode BatchNorm (`y·γ/σ + β − μ·γ/σ`), the residual add and ReLU applied as the
+//!   GEMM stores each output tile ([`crate::sgemm::Epilogue`]).
 //!
-//! The k2 s2 transposed convolution is likewise one `gemm` (`(4·c_out, c_in) × (c_in, h·w)`)
-//! and a pixel shuffle into the output, fused with the bias, residual and ReLU.
+//! The k2 s2 transposed convolution is one pixel-major GEMM (`xᵀ · w`, the weight streamed as
+//! stored) and a pixel shuffle that applies the same epilogue; it also serves as the forward
+//! pass of the training op in [`crate::train_ops`]. The stem's max-pool is one parallel pass.
 //!
 //! These kernels make tensors without an autograd graph, so they only serve eval-mode forward
-//! passes; training keeps Candle's differentiable ops. [`with_reference`] runs a closure with the
-//! reference (pure Candle) path everywhere, which the equivalence tests compare against.
+//! passes; training uses the differentiable ops of [`crate::train_ops`]. [`with_reference`]
+//! runs a closure with the reference (pure Candle) path everywhere, which the equivalence tests
+//! compare against.
 
 use std::cell::Cell;
 
@@ -99,7 +101,8 @@ pub(crate) fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: u
     gemm_crate_acc(dst, lhs, rhs, m, n, k)
 }
 
-/// [`gemm_acc`] through the `gemm` crate only (the fallback; public for the GEMM benchmark).
+/// `dst (m×n) += lhs (m×k) · rhs (k×n)`, row-major, through the `gemm` crate only (the fallback
+/// where AVX-512 is missing; public for the GEMM benchmark).
 pub fn gemm_crate_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) {
     gemm_crate_strided(dst, MatRef::rows(lhs, k), MatRef::rows(rhs, n), m, n, k)
 }
@@ -528,30 +531,4 @@ fn with_opt_data<T>(x: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> T) -> 
         Some(x) => with_data(x, |v| f(Some(v))),
         None => Ok(f(None)),
     }
-}
-
-/// ConvTranspose2d(k 2, s 2, no padding) as a matmul plus a pixel shuffle, built from
-/// differentiable Candle ops (for training): `w` is (c_in, c_out, 2, 2).
-pub fn deconv2x2_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, ci, h, wd) = x.dims4()?;
-    let co = w.dim(1)?;
-    // (b, h·w, ci) × (ci, co·4) → (b, h, w, co, 2, 2) → (b, co, h, 2, w, 2)
-    let xt = x.reshape((b, ci, h * wd))?.transpose(1, 2)?.contiguous()?;
-    let y = xt
-        .reshape((b * h * wd, ci))?
-        .matmul(&w.reshape((ci, co * 4))?)?;
-    y.reshape((b, h, wd, co, 2, 2))?
-        .permute((0, 3, 1, 4, 2, 5))?
-        .contiguous()?
-        .reshape((b, co, 2 * h, 2 * wd))
-}
-
-/// A 1×1, stride-1 convolution as a batched matmul (differentiable): `w` is (c_out, c_in, 1, 1).
-pub fn conv1x1_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, ci, h, wd) = x.dims4()?;
-    let co = w.dim(0)?;
-    w.reshape((co, ci))?
-        .broadcast_left(b)?
-        .matmul(&x.reshape((b, ci, h * wd))?)?
-        .reshape((b, co, h, wd))
 }

@@ -1,26 +1,26 @@
-//! AVX-512 single-precision GEMM for the eval-mode kernels in [`crate::fast`].
+//! AVX-512 single-precision GEMM for the kernels in [`crate::fast`] and [`crate::train_ops`].
 //!
-//! `dst (m×n) += lhs (m×k) · rhs (k×n)`, all row-major and contiguous: the shape every fused
-//! convolution reduces to (m = output channels, k = c_in·kh·kw, n = output pixels).
+//! `dst (m×n) (+)= lhs (m×k) · rhs (k×n)`: the shape every convolution reduces to (m = output
+//! channels, k = c_in·kh·kw, n = output pixels). The lhs is read in place with any strides
+//! ([`Lhs`]: weights as stored, or transposed); the rhs is a [`RhsSource`] that the packing pass
+//! reads piecewise: a dense matrix ([`Dense`]) or the im2col matrix of an image read straight
+//! from the image ([`Im2col`], no im2col buffer). BLIS-style blocking:
 //!
-//! BLIS-style blocking:
-//!
-//! * `n` in blocks of at most [`PACK_MAX`]` / k` columns; per block the rhs (k × nc) is packed,
-//!   in parallel, into [`NR`]-column micro-panels (`p`-major, 32 floats a row, 64-byte aligned,
-//!   zero-padded at the n edge). The lhs is read in place (row-major, k contiguous: the
-//!   micro-kernel broadcasts from MR row streams), so there is no lhs packing pass, which cost
-//!   as much as the arithmetic when n is small;
-//! * the output block is cut into tasks of `mc` ≤ [`MC`] rows × [`NT`] columns (smaller `mc`
-//!   when there would be fewer than 4 tasks per thread), run on rayon (the global pool, so
-//!   `RAYON_NUM_THREADS` holds) in a single parallel section per rhs block; inside a task, k
-//!   runs in equal blocks of at most [`KC`] (the `gemm` crate's split on this machine, so each
-//!   element sums in the `gemm` crate's order, one FMA chain per block added to `dst`: with
+//! * narrow outputs: `n` in blocks of at most [`PACK_MAX`]` / k` columns; per block the rhs is
+//!   packed, in parallel, into [`NR`]-column micro-panels (`p`-major, 32 floats a row, 64-byte
+//!   aligned, zero-padded at the n edge), then tasks of `mc` ≤ [`MC`] rows × [`NT`] columns run
+//!   on rayon (the global pool, so `RAYON_NUM_THREADS` holds);
+//! * wide outputs (at least `SLAB_MIN_TASKS` slabs of [`NT`] columns): one task per slab, which
+//!   packs its own slab per k block into a thread-local buffer and runs every lhs row against
+//!   it while it is in L2;
+//! * inside a task k runs in equal blocks of at most [`KC`] (the `gemm` crate's split on this
+//!   machine, so each element sums in the `gemm` crate's order, one FMA chain per block: with
 //!   256-deep blocks the rounding pattern changed and `rd-model`'s fast-path gradient test,
-//!   which amplifies it through training-mode BatchNorm, failed),
-//!   then rhs micro-panels, then lhs row groups (the lhs rows of the task stay in L2);
-//! * the micro-kernel keeps an MR × 32 tile of `dst` in `2·MR` zmm accumulators, loads two
-//!   rhs vectors and broadcasts MR lhs values per `p`, and adds the tile into `dst` with masked
-//!   loads/stores at the n edge and only the valid rows at the m edge.
+//!   which amplifies it through training-mode BatchNorm, failed);
+//! * the micro-kernel keeps an MR × 32 tile in `2·MR` zmm accumulators, loads two rhs vectors
+//!   and broadcasts MR lhs values per `p`, then adds the tile into `dst` (masked at the n edge,
+//!   only the valid rows at the m edge) or, for [`try_sgemm_fused`], stores it through an
+//!   [`Epilogue`] (BatchNorm affine, residual, ReLU) after the last k block.
 //!
 //! Used only when the CPU reports AVX-512F at run time ([`available`]); otherwise the caller
 //! keeps the `gemm` crate. All `unsafe` of the crate's GEMM lives in this module.
