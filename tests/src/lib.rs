@@ -70,3 +70,26 @@ pub fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).expect("the shape matches the values")
 }
+
+/// The device the tests run models on: `$RD_DEVICE` (`cpu`, `cuda`, `cuda:N`, `metal`,
+/// `metal:N`), else the CPU. A GPU needs the workspace built with its feature (`--features
+/// cuda`); asking for one that cannot be had panics with the reason, so a GPU run never passes
+/// silently on the CPU.
+pub fn device() -> Device {
+    let spec = std::env::var("RD_DEVICE").unwrap_or_default();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => (
+            k,
+            n.parse::<usize>()
+                .unwrap_or_else(|_| panic!("RD_DEVICE={spec}: the ordinal must be a number")),
+        ),
+        None => (spec.as_str(), 0),
+    };
+    let device = match kind {
+        "" | "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(ordinal),
+        "metal" => Device::new_metal(ordinal),
+        _ => panic!("RD_DEVICE={spec}: expected cpu, cuda[:N] or metal[:N]"),
+    };
+    device.unwrap_or_else(|e| panic!("RD_DEVICE={spec}: {e}"))
+}

@@ -6,6 +6,8 @@ use candle_core::{Result, Tensor};
 /// (`…c b | a b c…`: the edge pixel is not repeated, unlike scipy's default).
 #[derive(Debug, Clone)]
 pub struct GaussianBlur {
+    /// The taps as computed; a float32 map uses them rounded once, as anomalib's float32 run does.
+    exact: Vec<f64>,
     kernel: Vec<f32>,
 }
 
@@ -22,14 +24,21 @@ impl GaussianBlur {
             .map(|x| (-((x * x) as f64) / (2.0 * sigma * sigma)).exp())
             .collect();
         let sum: f64 = g.iter().sum();
+        let exact: Vec<f64> = g.iter().map(|v| v / sum).collect();
         GaussianBlur {
-            kernel: g.iter().map(|v| (v / sum) as f32).collect(),
+            kernel: exact.iter().map(|&v| v as f32).collect(),
+            exact,
         }
     }
 
     /// The normalised 1-D kernel; the 2-D kernel is its outer product with itself.
     pub fn kernel(&self) -> &[f32] {
         &self.kernel
+    }
+
+    /// The 1-D kernel in float64, as a float64 map is blurred with.
+    pub fn kernel_f64(&self) -> &[f64] {
+        &self.exact
     }
 
     /// Blurs `[B, 1, H, W]` maps, keeping their size; H and W must exceed the kernel radius.
@@ -41,7 +50,7 @@ impl GaussianBlur {
             candle_core::bail!("Gaussian blur expects one-channel maps, got {c} channels");
         }
         self.check_size((h, w))?;
-        let kernel = Tensor::from_slice(&self.kernel, k, x.device())?.to_dtype(x.dtype())?;
+        let kernel = Tensor::from_slice(&self.exact, k, x.device())?.to_dtype(x.dtype())?;
         let x = reflect_pad(x, 3, r)?.conv2d(&kernel.reshape((1, 1, 1, k))?, 0, 1, 1, 1)?;
         reflect_pad(&x, 2, r)?.conv2d(&kernel.reshape((1, 1, k, 1))?, 0, 1, 1, 1)
     }

@@ -423,14 +423,15 @@ impl Fit {
         self.config.max_steps.is_some_and(|m| self.steps >= m)
     }
 
-    /// Forward, loss check, backward and Adam on one batch; returns the loss and its terms.
+    /// Forward, backward, loss check and Adam on one batch ([`Trainer::compute`] and
+    /// [`Trainer::apply`], as the parity tests drive them); returns the loss and its terms.
     fn step(&mut self, x: &Tensor, epoch: usize) -> Result<(f32, [f32; 3])> {
-        let forward = self.trainer.model().loss(x).and_then(|loss| {
-            let v = loss.value()?;
-            let t = loss.term_values()?;
-            Ok((loss, v, t))
+        let computed = self.trainer.compute(x).and_then(|state| {
+            let v = state.loss.value()?;
+            let t = state.loss.term_values()?;
+            Ok((state, v, t))
         });
-        let (loss, value, terms) = forward.map_err(|e| self.rescue(e))?;
+        let (state, value, terms) = computed.map_err(|e| self.rescue(e))?;
         if !value.is_finite() {
             let last = match &self.last_checkpoint {
                 Some((path, e, s)) => format!(
@@ -451,9 +452,8 @@ impl Fit {
                 self.steps + 1
             )));
         }
-        let grads = loss.total.backward().map_err(|e| self.rescue(e.into()))?;
         // A failure inside the update may leave it half-applied: no rescue checkpoint then.
-        self.trainer.optimizer_mut().step(&grads)?;
+        self.trainer.apply(&state)?;
         Ok((value, terms))
     }
 

@@ -57,5 +57,5 @@ pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;
 pub use predict::{predict, PredictConfig, Predictions};
-pub use train::Trainer;
+pub use train::{StepState, Trainer};
 pub use variant::Variant;

@@ -1,13 +1,31 @@
 //! One optimisation step at a time: forward in training mode, loss, backward, Adam.
+//!
+//! A step is two halves, [`Trainer::compute`] (forward and backward) and [`Trainer::apply`]
+//! (the Adam update), so that a caller can look at the loss and gradients in between: [`crate::Fit`]
+//! refuses a non-finite loss there, and the parity tests compare every gradient with anomalib's.
+//! Both run exactly the code `rd train` runs.
 
-use crate::{Adam, AdamConfig, Loss, Result, ReverseDistillation};
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
+
+use crate::{Adam, AdamConfig, Features, Loss, Result, ReverseDistillation};
 
 /// A model with its optimiser over the student's trainable parameters.
 #[derive(Debug)]
 pub struct Trainer {
     model: ReverseDistillation,
     adam: Adam,
+}
+
+/// What the first half of a step computed: features, loss and gradients, before the update.
+#[derive(Debug)]
+pub struct StepState {
+    /// Teacher, bottleneck and student features (student in training mode).
+    pub features: Features,
+    /// The loss of the batch.
+    pub loss: Loss,
+    /// The gradient of the loss for every trainable parameter that has one.
+    pub grads: GradStore,
 }
 
 impl Trainer {
@@ -32,12 +50,29 @@ impl Trainer {
         &self.adam
     }
 
-    /// One step on an ImageNet-normalised batch; returns the loss before the update.
-    pub fn step(&mut self, x: &Tensor) -> Result<Loss> {
-        let loss = self.model.loss(x)?;
+    /// Forward in training mode and backward on an ImageNet-normalised batch. The student's
+    /// BatchNorm running statistics move; the weights do not until [`Trainer::apply`].
+    pub fn compute(&self, x: &Tensor) -> Result<StepState> {
+        let features = self.model.features(x, true)?;
+        let loss = crate::rd_loss(&features.teacher, &features.student)?;
         let grads = loss.total.backward()?;
-        self.adam.step(&grads)?;
-        Ok(loss)
+        Ok(StepState {
+            features,
+            loss,
+            grads,
+        })
+    }
+
+    /// The Adam update from a computed step. A failure here may leave it half-applied.
+    pub fn apply(&mut self, state: &StepState) -> Result<()> {
+        Ok(self.adam.step(&state.grads)?)
+    }
+
+    /// One whole step; returns the loss before the update.
+    pub fn step(&mut self, x: &Tensor) -> Result<Loss> {
+        let state = self.compute(x)?;
+        self.apply(&state)?;
+        Ok(state.loss)
     }
 
     /// Ends training, returning the model.
