@@ -7,9 +7,13 @@
 //!
 //! * **float64 cases** (`config.dtype` = `float64`): anomalib ran in float64 from float32 weights
 //!   and input, so we run the model in float64 too (the pure-Candle path) and any difference is a
-//!   bug, not rounding. Limits: 1e-9·max|ref| for eval outputs, losses and step-0 activations,
-//!   1e-8·max|ref| for the map after the Adam steps, 1e-6·max|ref| for gradients (the fixture
-//!   rounds them to float32, ~6e-8 relative). A planted error of one part in 10⁵ fails all of them.
+//!   bug, not rounding. Limits: 1e-9·max|ref| for eval outputs, the step-0 loss and activations;
+//!   1e-8·max|ref| for what comes after the Adam steps (the later losses, the trained map);
+//!   1e-6·max|ref| for gradients (the fixture rounds them to float32, ~6e-8 relative). A planted
+//!   error of one part in 10⁵ fails every one of them. The later losses get 1e-8, not 1e-9,
+//!   because that is the problem's own conditioning: on wide_resnet50_2 at 64×96, moving the
+//!   input by one float64 ulp moves the loss after two Adam steps by 8.7e-10 (1.8e-9 relative),
+//!   while every step-0 quantity stays within 1e-11.
 //! * **float32 cases**, eval mode: the tolerances of `shared/README.md` (features max|Δ| ≤
 //!   1e-4·max|ref|; distances, maps and scores ≤ 1e-4), which float32 in another order meets.
 //! * **float32 cases**, training mode: see [`check_training_f32`].
@@ -121,7 +125,7 @@ impl Limits {
                 maps: Tol::RelMax(1e-9),
                 step0: Tol::RelMax(1e-9),
                 loss0: Tol::RelMax(1e-9),
-                later_losses: Tol::RelMax(1e-9),
+                later_losses: Tol::RelMax(1e-8),
                 trained: Tol::RelMax(1e-8),
                 grads: Tol::RelMax(1e-6),
             }
@@ -528,11 +532,15 @@ struct Errors {
 /// ReLU passes a value in one float32 run and blocks it in the other (in the resnet34 case, one
 /// of 73 728 outputs of the last decoder block: ours 2.2e-5, exact 0), and every gradient
 /// behind it moves by that element's contribution, whatever anomalib's error on that tensor
-/// happens to be (there 2e-9, where its typical gradient error is 7e-3 relative). So a gradient
-/// may also reach [`F32_FACTOR`] times the case's typical float32 gradient error — the median
-/// over its gradients of anomalib's max|Δ|/max|exact| — times its own max|exact|. A real fault (a
-/// wrong gradient formula, a missed BatchNorm statistic) moves our result by its own size,
-/// far past these bounds; the float64 cases, not this bound, are the proof of the maths.
+/// happens to be (there 2e-9, where its typical gradient error is 7e-3 relative). After an Adam
+/// step the same happens wholesale: the first update is about ±lr·sign(g), and a gradient
+/// within rounding of zero moves its weight by lr one way or the other. So a quantity may also
+/// reach [`F32_FACTOR`] times its stage's float32 error times its own max|exact|, where a stage's
+/// error is anomalib's max|Δ|/max|exact| over the stage: the median over the gradients, the
+/// largest over the few values of each other stage (step-0 activations; the loss and its terms
+/// before step k; the trained map and its score). A real fault (a wrong gradient formula, a
+/// missed BatchNorm statistic) moves our result by its own size, far past these bounds; the
+/// float64 cases, not this bound, are the proof of the maths.
 fn check_training_f32(case: &Case, twin: Option<&Case>, r: &mut Report) {
     let lim = Limits::for_dtype(DType::F32);
     let ours = trace_training(case, DType::F32, r);
@@ -568,25 +576,53 @@ fn check_training_f32(case: &Case, twin: Option<&Case>, r: &mut Report) {
             })
         })
         .collect();
-    let mut typical: Vec<f64> = errors
-        .iter()
-        .filter(|e| e.name.starts_with("grad.") && e.scale > 0.0)
-        .map(|e| e.theirs / e.scale)
+    // Each stage's typical float32 error, as a fraction of its values' size (see above).
+    let stage = |name: &str| -> String {
+        if name.starts_with("grad.") {
+            "gradients".into()
+        } else if let Some(rest) = name.strip_prefix("loss_terms[") {
+            format!("loss[{rest}")
+        } else {
+            name.split('.').next().unwrap_or(name).to_string()
+        }
+    };
+    let mut stages: HashMap<String, Vec<f64>> = HashMap::new();
+    for e in errors.iter().filter(|e| e.scale > 0.0) {
+        stages
+            .entry(stage(&e.name))
+            .or_default()
+            .push(e.theirs / e.scale);
+    }
+    let typical: HashMap<String, f64> = stages
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let t = if k == "gradients" {
+                v[v.len() / 2]
+            } else {
+                v[v.len() - 1]
+            };
+            (k, t)
+        })
         .collect();
-    typical.sort_by(f64::total_cmp);
-    let typical = typical.get(typical.len() / 2).copied().unwrap_or(0.0);
+    let mut shown: Vec<String> = typical
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2e}"))
+        .collect();
+    shown.sort();
     println!(
-        "  anomalib's typical float32 gradient error (median of max|Δ|/max|exact|): {typical:.3e}"
+        "  anomalib's float32 error per stage (max|Δ|/max|exact|): {}",
+        shown.join(", ")
     );
     let verbose = std::env::var_os("RD_PARITY_VERBOSE").is_some();
     let mut worst = (0f64, String::new());
     for e in &errors {
         let grad = e.name.starts_with("grad.");
         let floor = lim.training(&e.name).limit(e.scale).0;
-        let mut limit = floor.max(F32_FACTOR * e.theirs);
-        if grad {
-            limit = limit.max(F32_FACTOR * typical * e.scale);
-        }
+        let typical = typical.get(&stage(&e.name)).copied().unwrap_or(0.0);
+        let limit = floor
+            .max(F32_FACTOR * e.theirs)
+            .max(F32_FACTOR * typical * e.scale);
         let line = format!(
             "{}: ours−exact {:.3e}, anomalib−exact {:.3e}, ours−anomalib {:.3e}, max|exact| \
              {:.3e}; limit {limit:.3e}",
