@@ -1,0 +1,3 @@
+//! rd-backbone: weight files.
+
+mod bad_weights;
