@@ -18,18 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_code)]
+
 mod arch;
 mod error;
-// Moved to the rd-kernels folder; the next commit makes it a crate of its own.
-#[path = "../../rd-kernels/src/eval.rs"]
-pub mod fast;
 pub mod layers;
 pub mod params;
-#[path = "../../rd-kernels/src/gemm/avx512.rs"]
-pub mod sgemm;
 mod teacher;
-#[path = "../../rd-kernels/src/train/conv.rs"]
-pub mod train_ops;
 pub mod weights;
 
 pub use arch::{Backbone, BackboneId, BlockKind};
