@@ -20,7 +20,7 @@
 use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::gemm::{self, gemm_crate_acc, gemm_strided_acc, Dense, MatRef};
+use crate::gemm::{self, gemm_crate_acc, gemm_strided_acc, Batch, Dense, MatRef};
 use crate::geom::ConvGeom;
 use crate::tensor::{ensure_cpu_f32, from_vec, with_f32, with_f32_opt};
 use crate::{count_call, Affine, Epilogue};
@@ -44,6 +44,11 @@ pub fn conv2d(
         check_affine("eval::conv2d", bn, g.co)?;
     }
     let (k, n) = (g.kdim(), g.n());
+    if g.b > 1 && n < BATCH_BELOW_PIXELS {
+        if let Some(out) = conv2d_batched(x, w, &g, bn, residual, relu)? {
+            return Ok(out);
+        }
+    }
     let mut out = vec![0f32; g.b * g.out_len()];
     let fused = with_f32_opt(residual, "eval::conv2d", |rv| {
         with_f32(w, "eval::conv2d", |wv| {
@@ -91,6 +96,83 @@ pub fn conv2d(
     }
     let (b, co, ho, wo) = g.out_dims();
     from_vec(out, (b, co, ho, wo))
+}
+
+/// Output pixels per image below which the images of a batch share one GEMM: on small maps a
+/// layer's weights (up to 14 MiB in the OCBE) outweigh an image's activations, and one GEMM per
+/// image would stream them from memory once per image. Every output element sums in the same
+/// order either way, so the results are bit-identical.
+const BATCH_BELOW_PIXELS: usize = 1024;
+
+/// [`conv2d`] as one GEMM over the whole batch (the images' im2col matrices side by side), then
+/// a scatter into NCHW that adds the residual and applies ReLU. `None` without AVX-512.
+fn conv2d_batched(
+    x: &Tensor,
+    w: &Tensor,
+    g: &ConvGeom,
+    bn: Option<&Affine>,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    const OP: &str = "eval::conv2d";
+    let (k, n, b) = (g.kdim(), g.n(), g.b);
+    let mut wide = vec![0f32; g.co * b * n];
+    // The affine (and ReLU when nothing is added after it) as the GEMM stores its tiles.
+    let epilogue = Epilogue {
+        affine: bn,
+        residual: None,
+        relu: relu && residual.is_none(),
+    };
+    let fused = with_f32(w, OP, |wv| {
+        with_f32(x, OP, |xv| {
+            let lhs = MatRef::rows(wv, k);
+            let images = xv.chunks_exact(g.in_len());
+            let shape = (g.co, b * n, k);
+            if g.pointwise() {
+                let images: Vec<Dense> = images.map(|data| Dense { data, n }).collect();
+                let rhs = Batch { images: &images, n };
+                gemm::try_fused(&mut wide, lhs, &rhs, shape, &epilogue)
+            } else {
+                let images: Vec<_> = images.map(|img| g.im2col_source(img)).collect();
+                let rhs = Batch { images: &images, n };
+                gemm::try_fused(&mut wide, lhs, &rhs, shape, &epilogue)
+            }
+        })
+    })??;
+    if !fused {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; b * g.out_len()];
+    with_f32_opt(residual, OP, |rv| {
+        let after = Epilogue {
+            affine: None,
+            residual: rv,
+            relu: relu && rv.is_some(),
+        };
+        scatter_planes(&wide, &mut out, (b, g.co, n), &after);
+    })?;
+    let (b, co, ho, wo) = g.out_dims();
+    Ok(Some(from_vec(out, (b, co, ho, wo))?))
+}
+
+/// Copies channel-major `wide` (`co × b × n`: row `i` holds channel `i` of every image) into
+/// NCHW `out` (`b × co × n`), applying `epilogue` (its residual laid out like `out`) per plane.
+fn scatter_planes(
+    wide: &[f32],
+    out: &mut [f32],
+    (b, co, n): (usize, usize, usize),
+    epilogue: &Epilogue,
+) {
+    let planes_per_task = (1 << 14) / n.max(1) + 1;
+    out.par_chunks_mut(n)
+        .with_min_len(planes_per_task)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (bi, i) = (plane / co, plane % co);
+            dst.copy_from_slice(&wide[(i * b + bi) * n..][..n]);
+            let res = epilogue.residual.map(|r| &r[plane * n..][..n]);
+            epilogue.apply(i, dst, res);
+        });
 }
 
 /// Fails unless `residual` (when given) has the output's shape.
@@ -218,6 +300,29 @@ pub(crate) fn deconv2x2_data(
     let co4 = co * 4;
     let plane_len = 4 * n;
     let mut out = vec![0f32; b * co * plane_len];
+    if b > 1 && n < BATCH_BELOW_PIXELS && gemm::avx512_available() {
+        // One GEMM for the batch (the weight packed once): the images' pixels as rows of one
+        // lhs, each image transposed into it (the same values in the same order as reading it
+        // transposed in place, so the same sums).
+        let mut xt = vec![0f32; b * n * ci];
+        xt.par_chunks_mut(n * ci)
+            .zip(x.par_chunks(ci * n))
+            .for_each(|(dst, img)| {
+                for (c, plane) in img.chunks_exact(n).enumerate() {
+                    for (pix, v) in plane.iter().enumerate() {
+                        dst[pix * ci + c] = *v;
+                    }
+                }
+            });
+        let mut tmp = vec![0f32; b * n * co4];
+        let rhs = Dense { data: w, n: co4 };
+        gemm::try_acc_from(&mut tmp, MatRef::rows(&xt, ci), &rhs, b * n, co4, ci);
+        for bi in 0..b {
+            let tmp = &tmp[bi * n * co4..][..n * co4];
+            shuffle_image(&mut out, tmp, bi, (co, co4), (h, wd), epilogue);
+        }
+        return out;
+    }
     let mut tmp = vec![0f32; n * co4];
     for bi in 0..b {
         tmp.fill(0.0);
@@ -230,21 +335,34 @@ pub(crate) fn deconv2x2_data(
         if !gemm::try_acc_from(&mut tmp, lhs, &rhs, n, co4, ci) {
             gemm_strided_acc(&mut tmp, lhs, MatRef::rows(w, co4), n, co4, ci);
         }
-        let dst = &mut out[bi * co * plane_len..][..co * plane_len];
-        let res = epilogue
-            .residual
-            .map(|r| &r[bi * co * plane_len..][..co * plane_len]);
-        dst.par_chunks_mut(SHUFFLE_PLANES * plane_len)
-            .enumerate()
-            .for_each(|(j, planes)| {
-                let o0 = j * SHUFFLE_PLANES;
-                let span = o0 * plane_len..o0 * plane_len + planes.len();
-                let res = res.map(|r| &r[span]);
-                let (bn, relu) = (epilogue.affine, epilogue.relu);
-                shuffle_planes(planes, o0, &tmp, co4, (h, wd), bn, res, relu);
-            });
+        shuffle_image(&mut out, &tmp, bi, (co, co4), (h, wd), epilogue);
     }
     out
+}
+
+/// Writes image `bi` of the deconvolution output from its GEMM result `tmp` (pixel-major).
+fn shuffle_image(
+    out: &mut [f32],
+    tmp: &[f32],
+    bi: usize,
+    (co, co4): (usize, usize),
+    (h, wd): (usize, usize),
+    epilogue: &Epilogue,
+) {
+    let plane_len = 4 * h * wd;
+    let dst = &mut out[bi * co * plane_len..][..co * plane_len];
+    let res = epilogue
+        .residual
+        .map(|r| &r[bi * co * plane_len..][..co * plane_len]);
+    dst.par_chunks_mut(SHUFFLE_PLANES * plane_len)
+        .enumerate()
+        .for_each(|(j, planes)| {
+            let o0 = j * SHUFFLE_PLANES;
+            let span = o0 * plane_len..o0 * plane_len + planes.len();
+            let res = res.map(|r| &r[span]);
+            let (bn, relu) = (epilogue.affine, epilogue.relu);
+            shuffle_planes(planes, o0, tmp, co4, (h, wd), bn, res, relu);
+        });
 }
 
 /// Output channels per task of the pixel shuffle: 4 channels' values for one pixel fill one

@@ -6,7 +6,7 @@ mod avx512;
 mod pack;
 
 pub use avx512::{available as avx512_available, try_acc, try_acc_from, try_fused, NR};
-pub use pack::{Dense, Im2col, RhsSource};
+pub use pack::{Batch, Dense, Im2col, RhsSource};
 
 /// A strided matrix view read in place: element (i, j) is `data[i·rs + j·cs]` (row-major with
 /// `c` columns: `(c, 1)`; the transpose of a row-major matrix with `c` columns: `(1, c)`).

@@ -7,7 +7,8 @@ use super::NR;
 /// convolution can be packed straight from its input image without an im2col buffer.
 pub trait RhsSource: Sync {
     /// Writes rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` (`w ≤ NR`) into `panel`, row `p`
-    /// at `panel[p·NR ..][.. w]`; the caller zeroes columns `w ..`.
+    /// at `panel[p·NR ..][.. w]` (`panel` may end right after the last row's `w` values); the
+    /// caller zeroes columns `w ..`.
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]);
 }
 
@@ -22,8 +23,8 @@ pub struct Dense<'a> {
 
 impl RhsSource for Dense<'_> {
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
-        for (p, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
-            row[..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
+        for p in 0..kc {
+            panel[p * NR..][..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
         }
     }
 }
@@ -116,7 +117,8 @@ impl RhsSource for Im2col<'_> {
         }
         let k = self.kernel;
         let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
-        for row in panel.chunks_exact_mut(NR).take(kc) {
+        for p in 0..kc {
+            let row = &mut panel[p * NR..];
             let plane = &self.img[c * h * wi..][..h * wi];
             for &(oy, ox, len, off) in &runs[..n_runs] {
                 self.segment(plane, (ky, kx), (oy, ox), &mut row[off..off + len]);
@@ -130,6 +132,29 @@ impl RhsSource for Im2col<'_> {
                     c += 1;
                 }
             }
+        }
+    }
+}
+
+/// Several images' matrices side by side, `n` columns each: column `b·n + j` is column `j` of
+/// `images[b]`. One GEMM then covers a whole batch, reading the weights once instead of once
+/// per image (which dominates on small feature maps).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a, S> {
+    /// One source per image, each k × `n`.
+    pub images: &'a [S],
+    /// Columns per image.
+    pub n: usize,
+}
+
+impl<S: RhsSource> RhsSource for Batch<'_, S> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        let mut off = 0;
+        while off < w {
+            let (b, j) = ((j0 + off) / self.n, (j0 + off) % self.n);
+            let len = (self.n - j).min(w - off);
+            self.images[b].pack_panel(p0, kc, j, len, &mut panel[off..]);
+            off += len;
         }
     }
 }

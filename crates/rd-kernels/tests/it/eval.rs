@@ -85,3 +85,53 @@ fn fused_max_pool_equals_candle_padding_and_pool() {
         assert_eq!(max_abs(&got, &want), 0.0, "case {i}");
     }
 }
+
+/// A batch through the fused kernels equals its images one by one, bit for bit: on small maps
+/// the images share one GEMM, on large ones each gets its own, and every sum keeps its order.
+#[test]
+fn a_batch_equals_its_images_bit_for_bit() {
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // (b, ci, co, hw, k, stride, pad): small maps (one GEMM per batch) and one large map
+    for (i, &(b, ci, co, hw, k, stride, pad)) in [
+        (3, 5, 7, 11, 3, 1, 1),
+        (4, 9, 40, 4, 1, 1, 0),
+        (2, 6, 4, 12, 3, 2, 1),
+        (2, 3, 4, 34, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let x = noise(&[b, ci, hw, hw], seed, 1.0);
+        let w = noise(&[co, ci, k, k], seed + 1, 0.5);
+        let bn = affine(co, seed + 2);
+        let ho = (hw + 2 * pad - k) / stride + 1;
+        let res = noise(&[b, co, ho, ho], seed + 3, 1.0);
+        for (residual, relu) in [(None, true), (Some(&res), true), (Some(&res), false)] {
+            let batch = eval::conv2d(&x, &w, Some(&bn), stride, pad, residual, relu).unwrap();
+            for bi in 0..b {
+                let one = |t: &Tensor| t.narrow(0, bi, 1).unwrap();
+                let r = residual.map(one);
+                let single = eval::conv2d(&one(&x), &w, Some(&bn), stride, pad, r.as_ref(), relu);
+                assert_eq!(
+                    bits(&one(&batch)),
+                    bits(&single.unwrap()),
+                    "conv case {i} image {bi}"
+                );
+            }
+        }
+        // the transposed convolution
+        let wd = noise(&[ci, co, 2, 2], seed + 4, 0.5);
+        let res = noise(&[b, co, 2 * hw, 2 * hw], seed + 5, 1.0);
+        let batch = eval::deconv2x2(&x, &wd, Some(&bn), Some(&res), true).unwrap();
+        for bi in 0..b {
+            let one = |t: &Tensor| t.narrow(0, bi, 1).unwrap();
+            let single = eval::deconv2x2(&one(&x), &wd, Some(&bn), Some(&one(&res)), true);
+            assert_eq!(
+                bits(&one(&batch)),
+                bits(&single.unwrap()),
+                "deconv case {i} image {bi}"
+            );
+        }
+    }
+}
