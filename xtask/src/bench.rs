@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Run our side through the reference (pure Candle) path instead of the fast kernels.
     #[arg(long)]
     pub reference: bool,
+    /// Only time the GEMM on convolution-shaped products: GFLOP/s of the AVX-512 kernel and of
+    /// the `gemm` crate (the machine's GEMM peak that the model rows are measured against).
+    #[arg(long)]
+    pub gemm: bool,
     /// Internal: run one measurement in this process (`infer:BACKBONE:BATCH` or `train:…`).
     #[arg(long, hide = true)]
     pub worker: Option<String>,
@@ -73,7 +77,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(w) = &args.worker {
         return if args.reference {
-            rd_backbone::fast::with_reference(|| worker(w, &args))
+            rd_kernels::with_reference(|| worker(w, &args))
         } else {
             worker(w, &args)
         };
@@ -101,7 +105,66 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if args.gemm {
+        return gemm_table(args.threads);
+    }
     orchestrate(&args, &root)
+}
+
+/// Prints GFLOP/s of the AVX-512 GEMM and the `gemm` crate on convolution shapes (best of
+/// several repetitions each, on `threads` rayon threads).
+fn gemm_table(threads: usize) -> Result<()> {
+    use rd_kernels::gemm;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    // (m, n, k): output channels, output pixels, c_in·k·k of convolutions in the models.
+    let shapes = [
+        (512, 1024, 4608),
+        (64, 4096, 576),
+        (128, 1024, 1152),
+        (256, 256, 2304),
+        (2048, 256, 1024),
+        (512, 64, 4608),
+    ];
+    println!("| m×k · k×n | AVX-512 kernel | gemm crate | ratio |\n|---|---:|---:|---:|");
+    for (m, n, k) in shapes {
+        let values = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+                .collect()
+        };
+        let (a, b) = (values(m * k), values(k * n));
+        let flops = 2.0 * (m * n * k) as f64;
+        let reps = ((2e10 / flops) as usize).clamp(3, 200);
+        let time = |f: &dyn Fn(&mut [f32])| {
+            let mut c = vec![0f32; m * n];
+            f(&mut c);
+            let mut best = f64::MAX;
+            for _ in 0..reps {
+                let t = Instant::now();
+                f(&mut c);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            flops / best / 1e9
+        };
+        let (ours, theirs) = pool.install(|| {
+            let ours = if gemm::avx512_available() {
+                time(&|c| {
+                    gemm::try_acc(c, &a, &b, m, n, k);
+                })
+            } else {
+                f64::NAN
+            };
+            (ours, time(&|c| gemm::gemm_crate_acc(c, &a, &b, m, n, k)))
+        });
+        println!(
+            "| {m}×{k} · {k}×{n} | {ours:.1} GFLOP/s | {theirs:.1} GFLOP/s | {:.2}× |",
+            ours / theirs
+        );
+    }
+    println!("({threads} threads)");
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {

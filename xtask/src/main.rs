@@ -32,7 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    rd_backbone::fast::use_small_pages();
+    rd_kernels::use_small_pages();
     let result = match Cli::parse().command {
         Command::Download(args) => xtask::download::run(args),
         Command::Train(args) => xtask::train::run(args),

@@ -1,14 +1,18 @@
 //! The convolution, BatchNorm and residual-block modules shared by the teacher and the student.
 //!
 //! Names follow torchvision (`conv1`, `bn1`, `downsample.0`, …) so weights load without renaming.
+//!
+//! The layers own the choice of implementation, so a model file writes its forward pass once:
+//! in eval mode a [`ConvBn`] runs the fused kernel of [`rd_kernels::eval`], in training mode the
+//! differentiable ops of [`rd_kernels::train`], and wherever [`rd_kernels::enabled`] says no
+//! (reference mode, a GPU tensor, f64) Candle's own ops.
 
 use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use rd_kernels::{self as kernels, eval, train, Affine};
 
 use crate::arch::BlockKind;
-use crate::fast::{self, Affine};
 use crate::params::CONV_INIT;
-use crate::train_ops;
 
 /// A 2-D convolution without bias (`nn.Conv2d(..., bias=False)`), weight (out, in, k, k).
 #[derive(Debug, Clone)]
@@ -65,33 +69,14 @@ impl Conv2d {
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
     }
-
-    /// Eval-mode `act(bn(conv(x)) + residual)` in one fused kernel (no autograd graph).
-    pub fn forward_fused(
-        &self,
-        x: &Tensor,
-        bn: Option<&Affine>,
-        residual: Option<&Tensor>,
-        relu: bool,
-    ) -> Result<Tensor> {
-        fast::conv2d_fused(
-            x,
-            &self.weight,
-            bn,
-            self.stride,
-            self.padding,
-            residual,
-            relu,
-        )
-    }
 }
 
 impl Module for Conv2d {
     /// Differentiable; on the fast path one fused op (im2col + GEMM, GEMM-based backward), else
     /// Candle's `conv2d`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast::fast_ok(x) {
-            train_ops::conv2d(x, &self.weight, self.stride, self.padding)
+        if kernels::enabled(x) {
+            train::conv2d(x, &self.weight, self.stride, self.padding)
         } else {
             self.forward_reference(x)
         }
@@ -180,14 +165,14 @@ impl BatchNorm2d {
                 "BatchNorm in training mode needs more than one value per channel, got {x:?}"
             );
         }
-        let (mean, var) = train_ops::batch_stats(x)?;
+        let (mean, var) = train::batch_stats(x)?;
         let mean = Tensor::from_vec(mean, c, x.device())?;
         let var = Tensor::from_vec(var, c, x.device())?;
         self.update_running(&mean, &var, n)?;
         // The same f64 ops as the reference path, so the f32 statistics are identical.
         let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
         let mean = mean.to_dtype(x.dtype())?;
-        train_ops::batch_norm_train(
+        train::batch_norm(
             x,
             &self.weight,
             &self.bias,
@@ -197,12 +182,27 @@ impl BatchNorm2d {
         )
     }
 
-    /// `relu(bn(x))`; training mode on the fast path fuses the two.
-    pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && fast::fast_ok(x) {
-            self.forward_train_fast(x, true)
-        } else {
-            self.forward_t(x, train)?.relu()
+    /// `act(bn(y) + residual)` on the training path (`train`: batch statistics, fused ops where
+    /// [`rd_kernels::enabled`]) or Candle's ops; `act` is ReLU when `relu`.
+    pub fn forward_join(
+        &self,
+        y: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        match residual {
+            None if relu && train && kernels::enabled(y) => self.forward_train_fast(y, true),
+            None if relu => self.forward_t(y, train)?.relu(),
+            None => self.forward_t(y, train),
+            Some(r) => {
+                let h = self.forward_t(y, train)?;
+                match relu {
+                    true if kernels::enabled(y) => train::add_relu(&h, r),
+                    true => (h + r)?.relu(),
+                    false => h + r,
+                }
+            }
         }
     }
 
@@ -236,7 +236,7 @@ impl BatchNorm2d {
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && fast::fast_ok(x) {
+        if train && kernels::enabled(x) {
             self.forward_train_fast(x, false)
         } else if train {
             self.forward_train(x)
@@ -259,29 +259,22 @@ impl ConvBn {
         ConvBn { conv, bn }
     }
 
-    /// Eval mode, fused: `act(bn(conv(x)) + residual)` with the BatchNorm folded into the
-    /// convolution (no autograd graph).
-    pub fn forward_fused(
+    /// `act(bn(conv(x)) + residual)`, ReLU when `relu`; `train` selects batch-statistics
+    /// BatchNorm. Eval mode on the kernels is one fused pass without autograd graph.
+    pub fn forward(
         &self,
         x: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
+        train: bool,
     ) -> Result<Tensor> {
-        let bn = self.bn.eval_affine()?;
-        self.conv.forward_fused(x, Some(&bn), residual, relu)
-    }
-}
-
-impl ConvBn {
-    /// `relu(bn(conv(x)))`, with the BatchNorm and ReLU fused in training mode on the fast path.
-    pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t_relu(&self.conv.forward(x)?, train)
-    }
-}
-
-impl ModuleT for ConvBn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.conv.forward(x)?.apply_t(&self.bn, train)
+        if !train && kernels::enabled(x) {
+            let bn = self.bn.eval_affine()?;
+            let c = &self.conv;
+            return eval::conv2d(x, &c.weight, Some(&bn), c.stride, c.padding, residual, relu);
+        }
+        self.bn
+            .forward_join(&self.conv.forward(x)?, residual, relu, train)
     }
 }
 
@@ -336,49 +329,18 @@ impl ResidualBlock {
     }
 }
 
-impl ResidualBlock {
-    /// Eval mode with the fused kernels: every BatchNorm folded, ReLU and the residual add fused.
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let identity = match &self.downsample {
-            Some(d) => d.forward_fused(x, None, false)?,
-            None => x.clone(),
-        };
-        let last = self.stages.len() - 1;
-        let mut h = x.clone();
-        for (i, stage) in self.stages.iter().enumerate() {
-            h = if i == last {
-                stage.forward_fused(&h, Some(&identity), true)?
-            } else {
-                stage.forward_fused(&h, None, true)?
-            };
-        }
-        Ok(h)
-    }
-}
-
 impl ModuleT for ResidualBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && fast::fast_ok(x) {
-            return self.forward_fused(x);
-        }
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x, None, false, train)?,
+            None => x.clone(),
+        };
         let last = self.stages.len() - 1;
         let mut h = x.clone();
         for (i, stage) in self.stages.iter().enumerate() {
-            h = if i != last {
-                stage.forward_t_relu(&h, train)?
-            } else {
-                stage.forward_t(&h, train)?
-            };
+            h = stage.forward(&h, (i == last).then_some(&identity), true, train)?;
         }
-        let identity = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
-            None => x.clone(),
-        };
-        if fast::fast_ok(x) {
-            train_ops::add_relu(&h, &identity)
-        } else {
-            (h + identity)?.relu()
-        }
+        Ok(h)
     }
 }
 
@@ -418,4 +380,17 @@ impl ModuleT for ResLayer {
         }
         Ok(h)
     }
+}
+
+/// torchvision's stem max-pool, `MaxPool2d(3, stride 2, padding 1)`: one parallel kernel pass
+/// where [`rd_kernels::enabled`], else Candle's padding and pooling.
+pub fn max_pool3x3_s2(x: &Tensor) -> Result<Tensor> {
+    if kernels::enabled(x) {
+        return eval::max_pool3x3_s2(x);
+    }
+    // PyTorch pads max-pooling with -inf; repeating the edge gives the same maxima because
+    // every window already contains the edge pixel.
+    x.pad_with_same(3, 1, 1)?
+        .pad_with_same(2, 1, 1)?
+        .max_pool2d_with_stride(3, 2)
 }

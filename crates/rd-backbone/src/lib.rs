@@ -18,14 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_code)]
+
 mod arch;
 mod error;
-pub mod fast;
 pub mod layers;
 pub mod params;
-pub mod sgemm;
 mod teacher;
-pub mod train_ops;
 pub mod weights;
 
 pub use arch::{Backbone, BackboneId, BlockKind};

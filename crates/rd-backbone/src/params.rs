@@ -37,19 +37,6 @@ impl std::fmt::Debug for WeightFile {
     }
 }
 
-/// Asks the kernel to start reading the whole file in the background. Loading touches the mapped
-/// weights page by page; on a cold page cache each fault then waits for its own small read
-/// (wide_resnet50_2: ~500 MB), where one sequential read-ahead takes a fraction of that.
-/// Best effort: errors only lose the hint.
-fn read_ahead(path: &Path) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Ok(file) = std::fs::File::open(path) {
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = path;
-}
-
 impl WeightFile {
     /// Memory-maps and validates the header of a safetensors file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -68,7 +55,8 @@ impl WeightFile {
                 meta.len()
             )));
         }
-        read_ahead(&path);
+        rd_kernels::read_ahead(&path);
+        #[allow(unsafe_code)] // the one mmap of the crate
         // SAFETY: the file is mapped read-only; safetensors validates the header and every offset
         // against the mapped length before any tensor is read. Changing the file while it is
         // mapped is outside what we support (as with every mmap-based loader).

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Module, ModuleT, Tensor};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{batch_norm, BatchNorm2d, Conv2d, ResLayer};
+use crate::layers::{batch_norm, max_pool3x3_s2, Conv2d, ConvBn, ResLayer};
 use crate::params::{NameMap, ParamStore, WeightFile};
 use crate::{Backbone, BackboneError, Result};
 
@@ -62,8 +62,8 @@ fn unused_by_teacher(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Teacher {
     backbone: Backbone,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    /// `conv1` and `bn1`.
+    stem: ConvBn,
     layers: [ResLayer; 3],
 }
 
@@ -73,8 +73,10 @@ impl Teacher {
         let kind = backbone.block();
         let blocks = backbone.blocks();
         let width = backbone.base_width();
-        let conv1 = Conv2d::new(vb.pp("conv1"), 3, 64, 7, 2, 3)?;
-        let bn1 = batch_norm(vb.pp("bn1"), 64)?;
+        let stem = ConvBn::new(
+            Conv2d::new(vb.pp("conv1"), 3, 64, 7, 2, 3)?,
+            batch_norm(vb.pp("bn1"), 64)?,
+        );
         let mut c_in = 64;
         let mut layer = |i: usize, planes: usize, stride: usize| {
             let l = ResLayer::new(
@@ -92,8 +94,7 @@ impl Teacher {
         let layers = [layer(0, 64, 1)?, layer(1, 128, 2)?, layer(2, 256, 2)?];
         Ok(Teacher {
             backbone,
-            conv1,
-            bn1,
+            stem,
             layers,
         })
     }
@@ -138,7 +139,7 @@ impl Teacher {
     pub fn forward(&self, x: &Tensor) -> Result<FeatureMaps> {
         check_input(x)?;
         let b = x.dim(0)?;
-        if b > 1 && crate::fast::fast_ok(x) {
+        if b > 1 && rd_kernels::enabled(x) {
             let parts = (0..b)
                 .map(|i| self.forward_batch(&x.narrow(0, i, 1)?))
                 .collect::<Result<Vec<_>>>()?;
@@ -150,21 +151,7 @@ impl Teacher {
 
     /// [`forward`](Self::forward) on the whole batch at once.
     fn forward_batch(&self, x: &Tensor) -> Result<FeatureMaps> {
-        let h = if crate::fast::fast_ok(x) {
-            let bn = self.bn1.eval_affine()?;
-            self.conv1.forward_fused(x, Some(&bn), None, true)?
-        } else {
-            self.conv1.forward(x)?.apply_t(&self.bn1, false)?.relu()?
-        };
-        // PyTorch pads max-pooling with -inf; repeating the edge gives the same maxima because
-        // every window already contains the edge pixel.
-        let h = if crate::fast::fast_ok(&h) {
-            crate::fast::max_pool3x3_s2_p1(&h)?
-        } else {
-            h.pad_with_same(3, 1, 1)?
-                .pad_with_same(2, 1, 1)?
-                .max_pool2d_with_stride(3, 2)?
-        };
+        let h = max_pool3x3_s2(&self.stem.forward(x, None, true, false)?)?;
         let f1 = self.layers[0].forward_t(&h, false)?;
         let f2 = self.layers[1].forward_t(&f1, false)?;
         let f3 = self.layers[2].forward_t(&f2, false)?;

@@ -63,7 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    rd_backbone::fast::use_small_pages();
+    rd_kernels::use_small_pages();
     let cli = Cli::parse();
     init_logging(cli.quiet);
     let result = match cli.command {

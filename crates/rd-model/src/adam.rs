@@ -171,7 +171,7 @@ impl Adam {
 fn fused_ok(p: &Tensor, g: &Tensor, s: &Moments) -> bool {
     [p, g, &s.m, &s.v]
         .iter()
-        .all(|t| rd_backbone::fast::fast_ok(t) && t.is_contiguous())
+        .all(|t| rd_kernels::enabled(t) && t.is_contiguous())
 }
 
 /// The per-element constants of one update, as f32 exactly as Candle's `affine` casts them.
@@ -336,7 +336,7 @@ mod tests {
                     .unwrap()
             };
             let fused = run();
-            let reference = rd_backbone::fast::with_reference(run);
+            let reference = rd_kernels::with_reference(run);
             assert_ne!(fused, init);
             assert_eq!(fused, reference, "weight decay {weight_decay}");
         }

@@ -3,11 +3,10 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rd_backbone::fast::{self, Affine};
-use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d};
+use rd_backbone::layers::{batch_norm, BatchNorm2d, Conv2d, ConvBn};
 use rd_backbone::params::conv_transpose_init;
-use rd_backbone::train_ops;
 use rd_backbone::{Backbone, BlockKind, FeatureMaps};
+use rd_kernels::{self as kernels, eval, train};
 
 /// `nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=False)`, weight (in, out, 2, 2).
 #[derive(Debug, Clone)]
@@ -27,59 +26,64 @@ impl Deconv2x2 {
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         x.conv_transpose2d(&self.weight, 0, 0, 2, 1)
     }
-
-    /// Eval-mode `act(bn(deconv(x)) + residual)` in one fused kernel (no autograd graph).
-    pub fn forward_fused(
-        &self,
-        x: &Tensor,
-        bn: Option<&Affine>,
-        residual: Option<&Tensor>,
-        relu: bool,
-    ) -> Result<Tensor> {
-        fast::deconv2x2_fused(x, &self.weight, bn, residual, relu)
-    }
 }
 
 impl Module for Deconv2x2 {
     /// Differentiable: on the fast path one GEMM plus a pixel shuffle per image (the same
     /// numbers as `conv_transpose2d`, many times faster on the CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast::fast_ok(x) {
-            train_ops::deconv2x2(x, &self.weight)
+        if kernels::enabled(x) {
+            train::deconv2x2(x, &self.weight)
         } else {
             self.forward_reference(x)
         }
     }
 }
 
-/// A decoder convolution: a regular one, or the upsampling transposed one.
+/// A transposed convolution followed by its BatchNorm.
 #[derive(Debug, Clone)]
-enum DecoderConv {
-    Conv(Conv2d),
-    Up(Deconv2x2),
+struct DeconvBn {
+    deconv: Deconv2x2,
+    bn: BatchNorm2d,
 }
 
-impl Module for DecoderConv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            DecoderConv::Conv(c) => c.forward(x),
-            DecoderConv::Up(d) => d.forward(x),
+impl DeconvBn {
+    /// `act(bn(deconv(x)) + residual)`, as [`ConvBn::forward`]: one fused kernel in eval mode
+    /// where [`rd_kernels::enabled`], else the training or reference ops.
+    fn forward(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        if !train && kernels::enabled(x) {
+            let bn = self.bn.eval_affine()?;
+            return eval::deconv2x2(x, &self.deconv.weight, Some(&bn), residual, relu);
         }
+        self.bn
+            .forward_join(&self.deconv.forward(x)?, residual, relu, train)
     }
 }
 
-impl DecoderConv {
-    fn forward_fused(
+/// A decoder stage: a convolution, or the upsampling transposed one, with its BatchNorm.
+#[derive(Debug, Clone)]
+enum Stage {
+    Conv(ConvBn),
+    Up(DeconvBn),
+}
+
+impl Stage {
+    fn forward(
         &self,
         x: &Tensor,
-        bn: &BatchNorm2d,
         residual: Option<&Tensor>,
         relu: bool,
+        train: bool,
     ) -> Result<Tensor> {
-        let bn = bn.eval_affine()?;
         match self {
-            DecoderConv::Conv(c) => c.forward_fused(x, Some(&bn), residual, relu),
-            DecoderConv::Up(d) => d.forward_fused(x, Some(&bn), residual, relu),
+            Stage::Conv(c) => c.forward(x, residual, relu, train),
+            Stage::Up(d) => d.forward(x, residual, relu, train),
         }
     }
 }
@@ -87,8 +91,8 @@ impl DecoderConv {
 /// anomalib's `DecoderBasicBlock` or `DecoderBottleneck`.
 #[derive(Debug, Clone)]
 struct DecoderBlock {
-    stages: Vec<(DecoderConv, BatchNorm2d)>,
-    upsample: Option<(Deconv2x2, BatchNorm2d)>,
+    stages: Vec<Stage>,
+    upsample: Option<DeconvBn>,
 }
 
 impl DecoderBlock {
@@ -101,87 +105,59 @@ impl DecoderBlock {
         base_width: usize,
     ) -> Result<Self> {
         let c_out = planes * kind.expansion();
-        let up_or_3x3 = |name: &str, ci: usize, co: usize| -> Result<DecoderConv> {
-            Ok(if upsample {
-                DecoderConv::Up(Deconv2x2::new(vb.pp(name), ci, co)?)
-            } else {
-                DecoderConv::Conv(Conv2d::k3(vb.pp(name), ci, co, 1)?)
-            })
-        };
         let bn = |i: usize, c: usize| batch_norm(vb.pp(format!("bn{i}")), c);
+        let conv = |i: usize, conv: Conv2d, c: usize| -> Result<Stage> {
+            Ok(Stage::Conv(ConvBn::new(conv, bn(i, c)?)))
+        };
+        let up_or_3x3 = |i: usize, ci: usize, co: usize| -> Result<Stage> {
+            let name = format!("conv{i}");
+            if upsample {
+                let deconv = Deconv2x2::new(vb.pp(name), ci, co)?;
+                Ok(Stage::Up(DeconvBn {
+                    deconv,
+                    bn: bn(i, co)?,
+                }))
+            } else {
+                conv(i, Conv2d::k3(vb.pp(name), ci, co, 1)?, co)
+            }
+        };
         let stages = match kind {
             BlockKind::Basic => vec![
-                (up_or_3x3("conv1", c_in, planes)?, bn(1, planes)?),
-                (
-                    DecoderConv::Conv(Conv2d::k3(vb.pp("conv2"), planes, planes, 1)?),
-                    bn(2, planes)?,
-                ),
+                up_or_3x3(1, c_in, planes)?,
+                conv(2, Conv2d::k3(vb.pp("conv2"), planes, planes, 1)?, planes)?,
             ],
             BlockKind::Bottleneck => {
                 let width = planes * base_width / 64;
                 vec![
-                    (
-                        DecoderConv::Conv(Conv2d::k1(vb.pp("conv1"), c_in, width, 1)?),
-                        bn(1, width)?,
-                    ),
-                    (up_or_3x3("conv2", width, width)?, bn(2, width)?),
-                    (
-                        DecoderConv::Conv(Conv2d::k1(vb.pp("conv3"), width, c_out, 1)?),
-                        bn(3, c_out)?,
-                    ),
+                    conv(1, Conv2d::k1(vb.pp("conv1"), c_in, width, 1)?, width)?,
+                    up_or_3x3(2, width, width)?,
+                    conv(3, Conv2d::k1(vb.pp("conv3"), width, c_out, 1)?, c_out)?,
                 ]
             }
         };
         let upsample = if upsample || c_in != c_out {
             let vb = vb.pp("upsample");
-            Some((
-                Deconv2x2::new(vb.pp("0"), c_in, c_out)?,
-                batch_norm(vb.pp("1"), c_out)?,
-            ))
+            Some(DeconvBn {
+                deconv: Deconv2x2::new(vb.pp("0"), c_in, c_out)?,
+                bn: batch_norm(vb.pp("1"), c_out)?,
+            })
         } else {
             None
         };
         Ok(DecoderBlock { stages, upsample })
     }
 
-    /// Eval mode with the fused kernels (BatchNorm folded, ReLU and residual add fused).
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let identity = match &self.upsample {
-            Some((up, bn)) => up.forward_fused(x, Some(&bn.eval_affine()?), None, false)?,
+            Some(up) => up.forward(x, None, false, train)?,
             None => x.clone(),
         };
         let last = self.stages.len() - 1;
         let mut h = x.clone();
-        for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            let residual = (i == last).then_some(&identity);
-            h = conv.forward_fused(&h, bn, residual, true)?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            h = stage.forward(&h, (i == last).then_some(&identity), true, train)?;
         }
         Ok(h)
-    }
-
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && fast::fast_ok(x) {
-            return self.forward_fused(x);
-        }
-        let last = self.stages.len() - 1;
-        let mut h = x.clone();
-        for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            let y = conv.forward(&h)?;
-            h = if i != last {
-                bn.forward_t_relu(&y, train)?
-            } else {
-                y.apply_t(bn, train)?
-            };
-        }
-        let identity = match &self.upsample {
-            Some((up, bn)) => up.forward(x)?.apply_t(bn, train)?,
-            None => x.clone(),
-        };
-        if fast::fast_ok(x) {
-            train_ops::add_relu(&h, &identity)
-        } else {
-            (h + identity)?.relu()
-        }
     }
 }
 

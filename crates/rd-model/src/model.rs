@@ -219,7 +219,7 @@ impl ReverseDistillation {
     /// layer, where a whole batch's (33 MiB per wide_resnet50_2 layer at batch 8) would not.
     pub fn anomaly_maps(&self, x: &Tensor) -> Result<AnomalyMaps> {
         let b = x.dim(0)?;
-        if b > 1 && x.device().is_cpu() && !rd_backbone::fast::reference_mode() {
+        if b > 1 && rd_kernels::enabled(x) {
             let parts = (0..b)
                 .map(|i| self.maps_from(&self.features(&x.narrow(0, i, 1)?, false)?))
                 .collect::<Result<Vec<_>>>()?;
@@ -232,7 +232,7 @@ impl ReverseDistillation {
     /// Anomaly maps from already computed features.
     pub fn maps_from(&self, f: &Features) -> Result<AnomalyMaps> {
         let (t, s) = (&f.teacher.0, &f.student.0);
-        Ok(if rd_backbone::fast::reference_mode() {
+        Ok(if rd_kernels::reference_mode() {
             self.maps.compute_reference(t, s)?
         } else {
             self.maps.compute(t, s)?

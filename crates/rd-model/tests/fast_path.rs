@@ -1,10 +1,11 @@
-//! The fast kernels (fused eval convolutions and deconvolutions, max-pool, the training ops)
-//! equal the reference Candle path within the parity tolerances: features 1e-4·max|ref|, maps 1e-4.
+//! The whole model on the kernels (fused eval convolutions and deconvolutions, max-pool, the
+//! training ops) equals the reference Candle path within the parity tolerances: features
+//! 1e-4·max|ref|, maps 1e-4. The kernels one by one are tested in rd-kernels.
 
 use candle_core::{DType, Device, Tensor};
 use rd_anomaly_map::MapMode;
-use rd_backbone::fast::{self, with_reference, Affine};
 use rd_backbone::{Backbone, Teacher};
+use rd_kernels::with_reference;
 use rd_model::{ModelConfig, ReverseDistillation, Student, Variant};
 use rd_tests::noise;
 
@@ -25,64 +26,6 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
-}
-
-fn affine(c: usize, seed: u64) -> Affine {
-    let s: Vec<f32> = noise(&[c], seed, 0.5).to_vec1().unwrap();
-    let t: Vec<f32> = noise(&[c], seed + 1, 0.3).to_vec1().unwrap();
-    Affine {
-        scale: s.iter().map(|v| v + 1.0).collect(),
-        shift: t,
-    }
-}
-
-fn apply_affine(y: &Tensor, a: &Affine) -> Tensor {
-    let c = a.scale.len();
-    let s = Tensor::from_slice(&a.scale, (1, c, 1, 1), &Device::Cpu).unwrap();
-    let t = Tensor::from_slice(&a.shift, (1, c, 1, 1), &Device::Cpu).unwrap();
-    y.broadcast_mul(&s).unwrap().broadcast_add(&t).unwrap()
-}
-
-#[test]
-fn fused_conv_equals_candle_conv() {
-    for (i, &(b, ci, co, hw, k, stride, pad)) in [
-        (2, 5, 7, 11, 3, 1, 1),
-        (2, 6, 4, 12, 3, 2, 1),
-        (1, 3, 8, 16, 7, 2, 3),
-        (3, 9, 5, 8, 1, 1, 0),
-        (2, 9, 5, 8, 1, 2, 0),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let seed = 10 * i as u64;
-        let x = noise(&[b, ci, hw, hw], seed, 1.0);
-        let w = noise(&[co, ci, k, k], seed + 1, 0.5);
-        let bn = affine(co, seed + 2);
-        let want = apply_affine(&x.conv2d(&w, pad, stride, 1, 1).unwrap(), &bn);
-        let res = noise(want.dims(), seed + 3, 1.0);
-        let want = (want + &res).unwrap().relu().unwrap();
-        let got = fast::conv2d_fused(&x, &w, Some(&bn), stride, pad, Some(&res), true).unwrap();
-        assert!(
-            max_abs(&got, &want) < 1e-5,
-            "case {i}: {}",
-            max_abs(&got, &want)
-        );
-    }
-}
-
-#[test]
-fn deconv_paths_equal_candle_conv_transpose() {
-    let x = noise(&[2, 6, 5, 7], 1, 1.0);
-    let w = noise(&[6, 4, 2, 2], 2, 0.5);
-    let want = x.conv_transpose2d(&w, 0, 0, 2, 1).unwrap();
-    let bn = affine(4, 3);
-    let got = fast::deconv2x2_fused(&x, &w, Some(&bn), None, false).unwrap();
-    assert!(max_abs(&got, &apply_affine(&want, &bn)) < 1e-5);
-    let res = noise(want.dims(), 6, 1.0);
-    let got = fast::deconv2x2_fused(&x, &w, Some(&bn), Some(&res), true).unwrap();
-    let want_res = (apply_affine(&want, &bn) + &res).unwrap().relu().unwrap();
-    assert!(max_abs(&got, &want_res) < 1e-5);
 }
 
 fn model(backbone: Backbone, size: usize) -> ReverseDistillation {
@@ -119,7 +62,7 @@ fn check_model(backbone: Backbone, size: usize) {
     assert!(max_abs(&fast_m.map, &ref_m.map) < 1e-4);
     assert!(max_abs(&fast_m.scores, &ref_m.scores) < 1e-4);
 
-    // Training mode: the differentiable fast ops of `rd_backbone::train_ops` give the
+    // Training mode: the differentiable ops of `rd_kernels::train` give the
     // same loss and gradients.
     let lf = m.loss(&x).unwrap();
     let lr = with_reference(|| m.loss(&x).unwrap());
@@ -165,23 +108,105 @@ fn fast_model_equals_reference_wide_resnet50_2() {
     check_model(Backbone::WideResnet50_2, 64);
 }
 
-#[test]
-fn fused_max_pool_equals_candle_padding_and_pool() {
-    for (i, &(b, c, h, w)) in [(2, 3, 16, 16), (1, 2, 15, 9), (1, 1, 2, 3)]
-        .iter()
-        .enumerate()
+/// The same variables in f64 (fresh `Var`s, so training one copy leaves the other alone).
+fn to_f64(vm: &candle_nn::VarMap) -> candle_nn::VarMap {
+    let out = candle_nn::VarMap::new();
     {
-        // all negative, so a zero padding would win and be caught
-        let x = (noise(&[b, c, h, w], 40 + i as u64, 1.0) - 2.0).unwrap();
-        let want = x
-            .pad_with_same(3, 1, 1)
-            .unwrap()
-            .pad_with_same(2, 1, 1)
-            .unwrap()
-            .max_pool2d_with_stride(3, 2)
-            .unwrap();
-        let got = fast::max_pool3x3_s2_p1(&x).unwrap();
-        assert_eq!(got.dims(), want.dims(), "case {i}");
-        assert_eq!(max_abs(&got, &want), 0.0, "case {i}");
+        let src = vm.data().lock().unwrap();
+        let mut dst = out.data().lock().unwrap();
+        for (name, var) in src.iter() {
+            let t = var.as_tensor().to_dtype(DType::F64).unwrap();
+            dst.insert(name.clone(), candle_core::Var::from_tensor(&t).unwrap());
+        }
     }
+    out
+}
+
+/// The whole model in f64 (teacher, OCBE, decoder; eval features, anomaly maps, and a training
+/// loss with its backward pass) and in reference mode reaches no kernel, and agrees with the f32
+/// kernels: the device/dtype check of every fast path, shown on the CPU where f64 stands in for
+/// a GPU tensor.
+#[test]
+fn f64_and_reference_mode_reach_no_kernel() {
+    use candle_nn::{VarBuilder, VarMap};
+    use rd_anomaly_map::AnomalyMapGenerator;
+    use rd_kernels::calls;
+    use rd_model::rd_loss;
+
+    let (backbone, size) = (Backbone::Resnet18, 64);
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let teacher = Teacher::new(vb.pp("t"), backbone).unwrap();
+    let student = Student::new(vb.pp("s"), backbone, Variant::Anomalib).unwrap();
+    let vm64 = to_f64(&vm);
+    let vb64 = VarBuilder::from_varmap(&vm64, DType::F64, &dev);
+    let teacher64 = Teacher::new(vb64.pp("t"), backbone).unwrap();
+    let student64 = Student::new(vb64.pp("s"), backbone, Variant::Anomalib).unwrap();
+    let maps = AnomalyMapGenerator::new((size, size), MapMode::Add);
+    let x = noise(&[2, 3, size, size], 7, 2.0);
+    let x64 = x.to_dtype(DType::F64).unwrap();
+
+    // The teacher is frozen (as a loaded one is: plain tensors, not variables).
+    let run = |t: &Teacher, s: &Student, x: &Tensor, train: bool| {
+        let f = rd_backbone::FeatureMaps(t.forward(x).unwrap().0.map(|f| f.detach()));
+        let (_, sf) = s.forward_t(&f, train).unwrap();
+        (f, sf)
+    };
+    // eval: features and maps
+    let before = calls();
+    let (tf, sf) = run(&teacher, &student, &x, false);
+    assert!(calls() > before, "the f32 CPU path must run the kernels");
+    let fast_map = maps.compute(&tf.0, &sf.0).unwrap();
+    let before = calls();
+    let (tr, sr) = with_reference(|| run(&teacher, &student, &x, false));
+    let (t64, s64) = run(&teacher64, &student64, &x64, false);
+    let map64 = maps.compute(&t64.0, &s64.0).unwrap();
+    assert_eq!(
+        calls(),
+        before,
+        "reference mode or f64 reached a kernel in eval mode"
+    );
+    for k in 0..3 {
+        assert_eq!(s64[k].dtype(), DType::F64);
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        assert!(
+            rel_err(&tf[k], &tr[k]) < 1e-4,
+            "teacher {k} fast vs reference"
+        );
+        assert!(
+            rel_err(&sf[k], &sr[k]) < 1e-4,
+            "student {k} fast vs reference"
+        );
+        assert!(rel_err(&f32_of(&t64[k]), &tr[k]) < 1e-4, "teacher {k} f64");
+        assert!(rel_err(&f32_of(&s64[k]), &sr[k]) < 1e-4, "student {k} f64");
+    }
+    let map64 = map64.map.to_dtype(DType::F32).unwrap();
+    assert!(max_abs(&map64, &fast_map.map) < 1e-4);
+
+    // training: the loss and its backward pass (student BatchNorm in training mode)
+    let (t64, s64) = run(&teacher64, &student64, &x64, true);
+    let loss64 = rd_loss(&t64, &s64).unwrap();
+    let grads = loss64.total.backward().unwrap();
+    let lr = with_reference(|| {
+        let (t, s) = run(&teacher, &student, &x, true);
+        let loss = rd_loss(&t, &s).unwrap();
+        loss.total.backward().unwrap();
+        loss.value().unwrap()
+    });
+    assert_eq!(
+        calls(),
+        before,
+        "reference mode or f64 reached a kernel in training"
+    );
+    let v64 = loss64.total.to_scalar::<f64>().unwrap();
+    assert!(
+        (v64 - lr as f64).abs() < 1e-4 * v64.abs().max(1.0),
+        "loss {v64} vs {lr}"
+    );
+    let w = vm64.data().lock().unwrap()["s.decoder.layer3.0.conv1.weight"].clone();
+    assert!(
+        grads.get(w.as_tensor()).is_some(),
+        "no gradient for the decoder in f64"
+    );
 }

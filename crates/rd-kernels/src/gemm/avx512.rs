@@ -1,10 +1,10 @@
-//! AVX-512 single-precision GEMM for the kernels in [`crate::fast`] and [`crate::train_ops`].
+//! The AVX-512 single-precision GEMM behind [`super::gemm_acc`] and the fused kernels.
 //!
 //! `dst (m×n) (+)= lhs (m×k) · rhs (k×n)`: the shape every convolution reduces to (m = output
 //! channels, k = c_in·kh·kw, n = output pixels). The lhs is read in place with any strides
-//! ([`Lhs`]: weights as stored, or transposed); the rhs is a [`RhsSource`] that the packing pass
-//! reads piecewise: a dense matrix ([`Dense`]) or the im2col matrix of an image read straight
-//! from the image ([`Im2col`], no im2col buffer). BLIS-style blocking:
+//! ([`MatRef`]: weights as stored, or transposed); the rhs is a [`RhsSource`] that the packing
+//! pass reads piecewise: a dense matrix ([`super::Dense`]) or the im2col matrix of an image read
+//! straight from the image ([`super::Im2col`], no im2col buffer). BLIS-style blocking:
 //!
 //! * narrow outputs: `n` in blocks of at most [`PACK_MAX`]` / k` columns; per block the rhs is
 //!   packed, in parallel, into [`NR`]-column micro-panels (`p`-major, 32 floats a row, 64-byte
@@ -19,28 +19,31 @@
 //!   which amplifies it through training-mode BatchNorm, failed);
 //! * the micro-kernel keeps an MR × 32 tile in `2·MR` zmm accumulators, loads two rhs vectors
 //!   and broadcasts MR lhs values per `p`, then adds the tile into `dst` (masked at the n edge,
-//!   only the valid rows at the m edge) or, for [`try_sgemm_fused`], stores it through an
+//!   only the valid rows at the m edge) or, for [`try_fused`], stores it through an
 //!   [`Epilogue`] (BatchNorm affine, residual, ReLU) after the last k block.
 //!
 //! Used only when the CPU reports AVX-512F at run time ([`available`]); otherwise the caller
-//! keeps the `gemm` crate. All `unsafe` of the crate's GEMM lives in this module.
+//! keeps the `gemm` crate. All SIMD `unsafe` of the workspace lives in this module.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::{Dense, MatRef, RhsSource};
+use crate::Epilogue;
+
 /// Rows of the register tile.
-pub const MR: usize = 8;
+pub(crate) const MR: usize = 8;
 /// Columns of the register tile (two zmm vectors of 16 f32).
 pub const NR: usize = 32;
 /// Most depth of a k block (the `gemm` crate's choice for a 48 KiB 12-way L1 and f32).
-pub const KC: usize = 1024;
+pub(crate) const KC: usize = 1024;
 /// Rows of a parallel task (a multiple of [`MR`]); its packed lhs block (MC × KC) sits in L2.
-pub const MC: usize = 128;
+pub(crate) const MC: usize = 128;
 /// Columns of a parallel task (a multiple of [`NR`]).
-pub const NT: usize = 256;
+pub(crate) const NT: usize = 256;
 /// Most floats of one packed rhs block (k × nc): 8 MiB, within the shared L3.
-pub const PACK_MAX: usize = 1 << 21;
+pub(crate) const PACK_MAX: usize = 1 << 21;
 
 /// Below this many multiply-adds the call runs on the calling thread only.
 const PAR_MIN_MACS: usize = 1 << 18;
@@ -68,177 +71,6 @@ thread_local! {
     static BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The right-hand side of a GEMM as a k × n matrix that the packing pass reads piecewise, so a
-/// convolution can be packed straight from its input image without an im2col buffer.
-pub trait RhsSource: Sync {
-    /// Writes rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` (`w ≤ NR`) into `panel`, row `p`
-    /// at `panel[p·NR ..][.. w]`; the caller zeroes columns `w ..`.
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]);
-}
-
-/// A dense row-major k × n matrix.
-#[derive(Debug, Clone, Copy)]
-pub struct Dense<'a> {
-    /// The values, row-major.
-    pub data: &'a [f32],
-    /// Columns per row.
-    pub n: usize,
-}
-
-impl RhsSource for Dense<'_> {
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
-        for (p, row) in panel.chunks_exact_mut(NR).take(kc).enumerate() {
-            row[..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
-        }
-    }
-}
-
-/// The im2col matrix of one NCHW image for a square-kernel convolution, read in place: row
-/// `(c, ky, kx)`, column `(oy, ox)` holds `img[c][oy·s + ky − pad][ox·s + kx − pad]` (0 outside).
-#[derive(Debug, Clone, Copy)]
-pub struct Im2col<'a> {
-    /// One image, `c × h × w`.
-    pub img: &'a [f32],
-    /// Input height and width.
-    pub hw: (usize, usize),
-    /// Kernel side.
-    pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on each side.
-    pub pad: usize,
-    /// Output width.
-    pub wo: usize,
-}
-
-impl Im2col<'_> {
-    /// Fills `seg` with output pixels `(oy, ox ..)` of kernel tap `(ky, kx)` from `plane`.
-    fn segment(
-        &self,
-        plane: &[f32],
-        (ky, kx): (usize, usize),
-        (oy, ox): (usize, usize),
-        seg: &mut [f32],
-    ) {
-        let (h, w) = self.hw;
-        let (s, pad) = (self.stride as isize, self.pad as isize);
-        let iy = oy as isize * s + ky as isize - pad;
-        if iy < 0 || iy >= h as isize {
-            seg.fill(0.0);
-            return;
-        }
-        let row = &plane[iy as usize * w..][..w];
-        let len = seg.len() as isize;
-        let x0 = ox as isize * s + kx as isize - pad;
-        if s == 1 {
-            // ix = x0 + t: a shifted copy with zeros past the borders.
-            if x0 >= 0 && x0 + len <= w as isize {
-                let x0 = x0 as usize;
-                match <&mut [f32; NR]>::try_from(&mut *seg) {
-                    Ok(full) => full.copy_from_slice(&row[x0..x0 + NR]),
-                    Err(_) => seg.copy_from_slice(&row[x0..x0 + seg.len()]),
-                }
-                return;
-            }
-            let lo = (-x0).clamp(0, len) as usize;
-            let hi = (w as isize - x0).clamp(lo as isize, len) as usize;
-            seg[..lo].fill(0.0);
-            let start = (x0 + lo as isize) as usize;
-            seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
-            seg[hi..].fill(0.0);
-        } else if x0 >= 0 && x0 + (len - 1) * s < w as isize {
-            let (x0, s) = (x0 as usize, s as usize);
-            for (t, d) in seg.iter_mut().enumerate() {
-                *d = row[x0 + t * s];
-            }
-        } else {
-            for (t, d) in seg.iter_mut().enumerate() {
-                let ix = x0 + t as isize * s;
-                *d = if ix < 0 || ix >= w as isize {
-                    0.0
-                } else {
-                    row[ix as usize]
-                };
-            }
-        }
-    }
-}
-
-impl RhsSource for Im2col<'_> {
-    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
-        let (h, wi) = self.hw;
-        // The panel's columns as runs within output rows: (oy, ox, length, offset).
-        let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
-        let mut n_runs = 0;
-        let mut off = 0;
-        while off < w {
-            let q = j0 + off;
-            let (oy, ox) = (q / self.wo, q % self.wo);
-            let len = (self.wo - ox).min(w - off);
-            runs[n_runs] = (oy, ox, len, off);
-            n_runs += 1;
-            off += len;
-        }
-        let k = self.kernel;
-        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
-        for row in panel.chunks_exact_mut(NR).take(kc) {
-            let plane = &self.img[c * h * wi..][..h * wi];
-            for &(oy, ox, len, off) in &runs[..n_runs] {
-                self.segment(plane, (ky, kx), (oy, ox), &mut row[off..off + len]);
-            }
-            kx += 1;
-            if kx == k {
-                kx = 0;
-                ky += 1;
-                if ky == k {
-                    ky = 0;
-                    c += 1;
-                }
-            }
-        }
-    }
-}
-
-/// The left-hand side of a GEMM read in place: element (i, p) is `data[i·row_stride + p·col_stride]`
-/// (row-major: `(k, 1)`; the transpose of a row-major matrix with m columns: `(1, m)`).
-#[derive(Debug, Clone, Copy)]
-pub struct Lhs<'a> {
-    /// The values.
-    pub data: &'a [f32],
-    /// Distance between rows.
-    pub row_stride: usize,
-    /// Distance between columns.
-    pub col_stride: usize,
-}
-
-impl<'a> Lhs<'a> {
-    /// A row-major matrix with `k` columns.
-    pub fn row_major(data: &'a [f32], k: usize) -> Self {
-        Lhs {
-            data,
-            row_stride: k,
-            col_stride: 1,
-        }
-    }
-
-    /// Whether every element of an m × k matrix lies inside `data`.
-    fn fits(&self, m: usize, k: usize) -> bool {
-        m == 0 || k == 0 || (m - 1) * self.row_stride + (k - 1) * self.col_stride < self.data.len()
-    }
-}
-
-/// What happens to each output element of [`try_sgemm_fused`] once its sum is complete, in this
-/// order: `v·scale[i] + shift[i]`, `+ residual[i][j]`, `max(v, 0)`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    /// Per-row scale and shift (an eval-mode BatchNorm over output channels).
-    pub affine: Option<(&'a [f32], &'a [f32])>,
-    /// Added after the affine; laid out like `dst`.
-    pub residual: Option<&'a [f32]>,
-    /// Clamp at zero last.
-    pub relu: bool,
-}
-
 /// How the kernel stores a finished tile.
 #[derive(Clone, Copy)]
 enum Store<'a> {
@@ -255,16 +87,16 @@ enum Store<'a> {
 /// # Panics
 ///
 /// When `dst`, `lhs`, the affine or the residual is shorter than its shape says.
-pub fn try_sgemm_fused(
+pub fn try_fused(
     dst: &mut [f32],
-    lhs: Lhs,
+    lhs: MatRef,
     rhs: &impl RhsSource,
     (m, n, k): (usize, usize, usize),
     epilogue: &Epilogue,
 ) -> bool {
-    if let Some((scale, shift)) = epilogue.affine {
+    if let Some(a) = epilogue.affine {
         assert!(
-            scale.len() >= m && shift.len() >= m,
+            a.scale.len() >= m && a.shift.len() >= m,
             "sgemm: affine shorter than {m} rows"
         );
     }
@@ -275,7 +107,7 @@ pub fn try_sgemm_fused(
         // No k block would store anything: multiply a zero column by a zero row instead.
         let zeros = vec![0f32; m];
         let store = Store::Overwrite(epilogue);
-        return run(dst, Lhs::row_major(&zeros, 1), &ZeroRow, (m, n, 1), store);
+        return run(dst, MatRef::rows(&zeros, 1), &ZeroRow, (m, n, 1), store);
     }
     run(dst, lhs, rhs, (m, n, k), Store::Overwrite(epilogue))
 }
@@ -300,36 +132,22 @@ impl RhsSource for ZeroRow {
 /// # Panics
 ///
 /// When a slice is shorter than its shape says.
-pub fn try_sgemm_acc(
-    dst: &mut [f32],
-    lhs: &[f32],
-    rhs: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
-) -> bool {
+pub fn try_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: usize) -> bool {
     assert!(
         dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
         "sgemm: slices too short for {m}×{k} · {k}×{n}"
     );
-    try_sgemm_acc_from(
-        dst,
-        Lhs::row_major(lhs, k),
-        &Dense { data: rhs, n },
-        m,
-        n,
-        k,
-    )
+    try_acc_from(dst, MatRef::rows(lhs, k), &Dense { data: rhs, n }, m, n, k)
 }
 
-/// [`try_sgemm_acc`] with the rhs read through a [`RhsSource`] (e.g. [`Im2col`]).
+/// [`try_acc`] with the rhs read through a [`RhsSource`] (e.g. [`Im2col`]).
 ///
 /// # Panics
 ///
 /// When `dst` or `lhs` is shorter than its shape says (the source checks its own reads).
-pub fn try_sgemm_acc_from(
+pub fn try_acc_from(
     dst: &mut [f32],
-    lhs: Lhs,
+    lhs: MatRef,
     rhs: &impl RhsSource,
     m: usize,
     n: usize,
@@ -340,7 +158,7 @@ pub fn try_sgemm_acc_from(
 
 fn run(
     dst: &mut [f32],
-    lhs: Lhs,
+    lhs: MatRef,
     rhs: &impl RhsSource,
     (m, n, k): (usize, usize, usize),
     store: Store,
@@ -402,13 +220,13 @@ mod imp {
         /// tile lies inside the m × n output (`sgemm`'s shape, asserted by `run`).
         fn tile(
             self,
-            lhs: Lhs,
+            lhs: MatRef,
             b: &[f32],
             (pc, kc, k): (usize, usize, usize),
             (i0, rows): (usize, usize),
             (j0, cols): (usize, usize),
         ) {
-            let (rs, cs) = (lhs.row_stride, lhs.col_stride);
+            let (rs, cs) = (lhs.rs, lhs.cs);
             let a = &lhs.data[i0 * rs + pc * cs..=(i0 + rows - 1) * rs + (pc + kc - 1) * cs];
             assert!(b.len() >= kc * NR && rows <= MR && cols <= NR);
             let at = i0 * self.n + j0;
@@ -417,7 +235,9 @@ mod imp {
                 Store::Overwrite(e) => (pc == 0, (pc + kc == k).then_some(e)),
             };
             let epi = epilogue.map(|e| TileEpilogue {
-                affine: e.affine.map(|(s, t)| (s[i0..].as_ptr(), t[i0..].as_ptr())),
+                affine: e
+                    .affine
+                    .map(|a| (a.scale[i0..].as_ptr(), a.shift[i0..].as_ptr())),
                 residual: e.residual.map(|r| r[at..].as_ptr()),
                 relu: e.relu,
             });
@@ -425,7 +245,7 @@ mod imp {
             // rows i0..i0+rows of lhs from column pc (kc values, strides rs, cs) and `b`
             // kc×NR floats (both checked by the slicing and assert above); the tile lies inside
             // dst and the residual (m×n, asserted by the callers), the affine pointers cover
-            // rows i0..i0+rows (asserted ≥ m by `try_sgemm_fused`), and no other thread
+            // rows i0..i0+rows (asserted ≥ m by `try_fused`), and no other thread
             // touches the tile (the caller's guarantee).
             unsafe {
                 kernel(
@@ -466,7 +286,7 @@ mod imp {
 
     pub(super) fn sgemm(
         dst: &mut [f32],
-        lhs: Lhs,
+        lhs: MatRef,
         rhs: &impl RhsSource,
         (m, n, k): (usize, usize, usize),
         pb: &mut Vec<f32>,
@@ -543,7 +363,7 @@ mod imp {
     /// The k blocks are those of [`sgemm`], so every element sums in the same order.
     fn sgemm_slabs(
         out: Out,
-        lhs: Lhs,
+        lhs: MatRef,
         rhs: &impl RhsSource,
         (m, n, k): (usize, usize, usize),
         par: bool,

@@ -1,10 +1,10 @@
-//! The AVX-512 GEMM of `rd_backbone::sgemm` against a naive f64-accumulated reference.
+//! The AVX-512 GEMM against a naive f64-accumulated reference.
 //!
-//! Skipped (passes trivially) on CPUs without AVX-512F. The `#[ignore]` test
-//! `sgemm_gflops` is a micro-benchmark against the `gemm` crate:
-//! `cargo test --release -p rd-backbone --test sgemm -- --ignored --nocapture`.
+//! Skipped (passes trivially) on CPUs without AVX-512F. Its speed against the `gemm` crate is
+//! `cargo xtask bench --gemm`.
 
-use rd_backbone::{fast, sgemm};
+use rd_kernels::gemm;
+use rd_kernels::{Affine, Epilogue};
 
 /// A small deterministic generator (xorshift) for values in [-1, 1).
 fn fill(v: &mut [f32], seed: u64) {
@@ -17,7 +17,7 @@ fn fill(v: &mut [f32], seed: u64) {
     }
 }
 
-/// Checks `try_sgemm_acc` on one shape (with a non-zero initial `dst`) within f32 rounding:
+/// Checks `try_acc` on one shape (with a non-zero initial `dst`) within f32 rounding:
 /// per element, |ours − ref| ≤ 1e-5 · (|c₀| + Σ_p |a_ip·b_pj|).
 fn check(m: usize, n: usize, k: usize) {
     let mut a = vec![0f32; m * k];
@@ -27,7 +27,7 @@ fn check(m: usize, n: usize, k: usize) {
     fill(&mut b, (m + n * 13 + k * 3) as u64 + 1);
     fill(&mut c, (m * n + k) as u64 + 2);
     let c0 = c.clone();
-    assert!(sgemm::try_sgemm_acc(&mut c, &a, &b, m, n, k));
+    assert!(gemm::try_acc(&mut c, &a, &b, m, n, k));
     let mut bt = vec![0f32; n * k];
     for p in 0..k {
         for j in 0..n {
@@ -78,8 +78,8 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 #[test]
-fn sgemm_matches_f64_reference() {
-    if !sgemm::available() {
+fn matches_f64_reference() {
+    if !gemm::avx512_available() {
         eprintln!("no AVX-512F: skipped");
         return;
     }
@@ -89,8 +89,8 @@ fn sgemm_matches_f64_reference() {
 }
 
 #[test]
-fn sgemm_matches_on_one_thread() {
-    if !sgemm::available() {
+fn matches_on_one_thread() {
+    if !gemm::avx512_available() {
         return;
     }
     let pool = rayon::ThreadPoolBuilder::new()
@@ -105,68 +105,20 @@ fn sgemm_matches_on_one_thread() {
 }
 
 #[test]
-fn sgemm_empty_shapes_are_no_ops() {
-    if !sgemm::available() {
+fn empty_shapes_are_no_ops() {
+    if !gemm::avx512_available() {
         return;
     }
     let mut c = vec![1f32; 6];
-    assert!(sgemm::try_sgemm_acc(&mut c, &[], &[], 2, 3, 0));
+    assert!(gemm::try_acc(&mut c, &[], &[], 2, 3, 0));
     assert_eq!(c, vec![1f32; 6]);
-    assert!(sgemm::try_sgemm_acc(&mut c, &[], &[0.5; 12], 0, 3, 4));
-}
-
-/// GFLOP/s of the AVX-512 kernel vs the `gemm` crate (release build; not a correctness test).
-#[test]
-#[ignore]
-fn sgemm_gflops() {
-    let shapes = [
-        (512, 1024, 4608),
-        (64, 4096, 576),
-        (128, 1024, 1152),
-        (256, 256, 2304),
-        (2048, 256, 1024),
-        (512, 64, 4608),
-    ];
-    for (m, n, k) in shapes {
-        let mut a = vec![0f32; m * k];
-        let mut b = vec![0f32; k * n];
-        fill(&mut a, 1);
-        fill(&mut b, 2);
-        let mut c = vec![0f32; m * n];
-        let flops = 2.0 * (m * n * k) as f64;
-        let reps = ((2e10 / flops) as usize).clamp(3, 200);
-        let time = |f: &mut dyn FnMut(&mut [f32])| {
-            let mut c = c.clone();
-            f(&mut c);
-            let mut best = f64::MAX;
-            for _ in 0..reps {
-                let t = std::time::Instant::now();
-                f(&mut c);
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            flops / best / 1e9
-        };
-        let ours = if sgemm::available() {
-            time(&mut |c| {
-                sgemm::try_sgemm_acc(c, &a, &b, m, n, k);
-            })
-        } else {
-            f64::NAN
-        };
-        let theirs = time(&mut |c| fast::gemm_crate_acc(c, &a, &b, m, n, k));
-        c[0] = 0.0;
-        println!(
-            "{m}×{k}·{k}×{n}: avx512 {ours:.1} GFLOP/s, gemm crate {theirs:.1} GFLOP/s ({:.2}×), {} threads",
-            ours / theirs,
-            rayon::current_num_threads()
-        );
-    }
+    assert!(gemm::try_acc(&mut c, &[], &[0.5; 12], 0, 3, 4));
 }
 
 /// `Im2col` segments (crossing output rows, at every border) equal the im2col definition.
 #[test]
 fn im2col_source_matches_the_definition() {
-    use sgemm::RhsSource;
+    use gemm::RhsSource;
     for &(c, h, w, kernel, stride, pad) in &[
         (2, 5, 7, 3, 1, 1),
         (3, 8, 6, 3, 2, 1),
@@ -179,7 +131,7 @@ fn im2col_source_matches_the_definition() {
         fill(&mut img, (c * h * w) as u64);
         let ho = (h + 2 * pad - kernel) / stride + 1;
         let wo = (w + 2 * pad - kernel) / stride + 1;
-        let src = sgemm::Im2col {
+        let src = gemm::Im2col {
             img: &img,
             hw: (h, w),
             kernel,
@@ -202,9 +154,9 @@ fn im2col_source_matches_the_definition() {
                 })
                 .collect();
             for j0 in 0..n {
-                for len in [1, 3, wo + 1, sgemm::NR, n - j0] {
-                    let len = len.min(n - j0).min(sgemm::NR);
-                    let mut got = vec![f32::NAN; sgemm::NR];
+                for len in [1, 3, wo + 1, gemm::NR, n - j0] {
+                    let len = len.min(n - j0).min(gemm::NR);
+                    let mut got = vec![f32::NAN; gemm::NR];
                     src.pack_panel(p, 1, j0, len, &mut got);
                     assert_eq!(
                         got[..len],
@@ -215,10 +167,10 @@ fn im2col_source_matches_the_definition() {
             }
             // a whole panel of rows at once walks (c, ky, kx) correctly
             let kc = c * kernel * kernel - p;
-            let mut panel = vec![f32::NAN; kc * sgemm::NR];
-            let len = n.min(sgemm::NR);
+            let mut panel = vec![f32::NAN; kc * gemm::NR];
+            let len = n.min(gemm::NR);
             src.pack_panel(p, kc, 0, len, &mut panel);
-            for (i, row) in panel.chunks_exact(sgemm::NR).enumerate() {
+            for (i, row) in panel.chunks_exact(gemm::NR).enumerate() {
                 let q = p + i;
                 let (ch, ky, kx) = (q / (kernel * kernel), (q / kernel) % kernel, q % kernel);
                 for (j, v) in row[..len].iter().enumerate() {
@@ -236,11 +188,11 @@ fn im2col_source_matches_the_definition() {
     }
 }
 
-/// `try_sgemm_fused` equals the accumulating GEMM followed by the epilogue, bit for bit, with
+/// `try_fused` equals the accumulating GEMM followed by the epilogue, bit for bit, with
 /// one and several k blocks, every epilogue part, ragged edges and an empty k.
 #[test]
 fn fused_epilogue_equals_separate_passes() {
-    if !sgemm::available() {
+    if !gemm::avx512_available() {
         return;
     }
     for &(m, n, k) in &[(9, 33, 17), (17, 1100, 2100), (64, 300, 1500), (5, 7, 0)] {
@@ -255,27 +207,25 @@ fn fused_epilogue_equals_separate_passes() {
         fill(&mut shift, 4);
         fill(&mut res, 5);
         let mut plain = vec![0f32; m * n];
-        assert!(sgemm::try_sgemm_acc(&mut plain, &a, &b, m, n, k));
+        assert!(gemm::try_acc(&mut plain, &a, &b, m, n, k));
         for (affine, residual, relu) in [
             (true, true, true),
             (true, false, true),
             (false, true, false),
         ] {
-            let epilogue = sgemm::Epilogue {
-                affine: affine.then_some((&scale[..], &shift[..])),
+            let bn = Affine {
+                scale: scale.clone(),
+                shift: shift.clone(),
+            };
+            let epilogue = Epilogue {
+                affine: affine.then_some(&bn),
                 residual: residual.then_some(&res[..]),
                 relu,
             };
             let mut got = vec![f32::NAN; m * n];
-            let lhs = sgemm::Lhs::row_major(&a, k);
-            let rhs = sgemm::Dense { data: &b, n };
-            assert!(sgemm::try_sgemm_fused(
-                &mut got,
-                lhs,
-                &rhs,
-                (m, n, k),
-                &epilogue
-            ));
+            let lhs = gemm::MatRef::rows(&a, k);
+            let rhs = gemm::Dense { data: &b, n };
+            assert!(gemm::try_fused(&mut got, lhs, &rhs, (m, n, k), &epilogue));
             for (idx, (&g, &p)) in got.iter().zip(&plain).enumerate() {
                 let i = idx / n;
                 let mut want = p;

@@ -1,0 +1,160 @@
+//! Right-hand sides that the GEMM's packing pass reads piecewise: a dense matrix, or the im2col
+//! matrix of an image read straight from the image (no im2col buffer).
+
+use super::NR;
+
+/// The right-hand side of a GEMM as a k × n matrix that the packing pass reads piecewise, so a
+/// convolution can be packed straight from its input image without an im2col buffer.
+pub trait RhsSource: Sync {
+    /// Writes rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` (`w ≤ NR`) into `panel`, row `p`
+    /// at `panel[p·NR ..][.. w]` (`panel` may end right after the last row's `w` values); the
+    /// caller zeroes columns `w ..`.
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]);
+}
+
+/// A dense row-major k × n matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Dense<'a> {
+    /// The values, row-major.
+    pub data: &'a [f32],
+    /// Columns per row.
+    pub n: usize,
+}
+
+impl RhsSource for Dense<'_> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        for p in 0..kc {
+            panel[p * NR..][..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
+        }
+    }
+}
+
+/// The im2col matrix of one NCHW image for a square-kernel convolution, read in place: row
+/// `(c, ky, kx)`, column `(oy, ox)` holds `img[c][oy·s + ky − pad][ox·s + kx − pad]` (0 outside).
+#[derive(Debug, Clone, Copy)]
+pub struct Im2col<'a> {
+    /// One image, `c × h × w`.
+    pub img: &'a [f32],
+    /// Input height and width.
+    pub hw: (usize, usize),
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Output width.
+    pub wo: usize,
+}
+
+impl Im2col<'_> {
+    /// Fills `seg` with output pixels `(oy, ox ..)` of kernel tap `(ky, kx)` from `plane`.
+    fn segment(
+        &self,
+        plane: &[f32],
+        (ky, kx): (usize, usize),
+        (oy, ox): (usize, usize),
+        seg: &mut [f32],
+    ) {
+        let (h, w) = self.hw;
+        let (s, pad) = (self.stride as isize, self.pad as isize);
+        let iy = oy as isize * s + ky as isize - pad;
+        if iy < 0 || iy >= h as isize {
+            seg.fill(0.0);
+            return;
+        }
+        let row = &plane[iy as usize * w..][..w];
+        let len = seg.len() as isize;
+        let x0 = ox as isize * s + kx as isize - pad;
+        if s == 1 {
+            // ix = x0 + t: a shifted copy with zeros past the borders.
+            if x0 >= 0 && x0 + len <= w as isize {
+                let x0 = x0 as usize;
+                match <&mut [f32; NR]>::try_from(&mut *seg) {
+                    Ok(full) => full.copy_from_slice(&row[x0..x0 + NR]),
+                    Err(_) => seg.copy_from_slice(&row[x0..x0 + seg.len()]),
+                }
+                return;
+            }
+            let lo = (-x0).clamp(0, len) as usize;
+            let hi = (w as isize - x0).clamp(lo as isize, len) as usize;
+            seg[..lo].fill(0.0);
+            let start = (x0 + lo as isize) as usize;
+            seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
+            seg[hi..].fill(0.0);
+        } else if x0 >= 0 && x0 + (len - 1) * s < w as isize {
+            let (x0, s) = (x0 as usize, s as usize);
+            for (t, d) in seg.iter_mut().enumerate() {
+                *d = row[x0 + t * s];
+            }
+        } else {
+            for (t, d) in seg.iter_mut().enumerate() {
+                let ix = x0 + t as isize * s;
+                *d = if ix < 0 || ix >= w as isize {
+                    0.0
+                } else {
+                    row[ix as usize]
+                };
+            }
+        }
+    }
+}
+
+impl RhsSource for Im2col<'_> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        let (h, wi) = self.hw;
+        // The panel's columns as runs within output rows: (oy, ox, length, offset).
+        let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+        let mut n_runs = 0;
+        let mut off = 0;
+        while off < w {
+            let q = j0 + off;
+            let (oy, ox) = (q / self.wo, q % self.wo);
+            let len = (self.wo - ox).min(w - off);
+            runs[n_runs] = (oy, ox, len, off);
+            n_runs += 1;
+            off += len;
+        }
+        let k = self.kernel;
+        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
+        for p in 0..kc {
+            let row = &mut panel[p * NR..];
+            let plane = &self.img[c * h * wi..][..h * wi];
+            for &(oy, ox, len, off) in &runs[..n_runs] {
+                self.segment(plane, (ky, kx), (oy, ox), &mut row[off..off + len]);
+            }
+            kx += 1;
+            if kx == k {
+                kx = 0;
+                ky += 1;
+                if ky == k {
+                    ky = 0;
+                    c += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Several images' matrices side by side, `n` columns each: column `b·n + j` is column `j` of
+/// `images[b]`. One GEMM then covers a whole batch, reading the weights once instead of once
+/// per image (which dominates on small feature maps).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a, S> {
+    /// One source per image, each k × `n`.
+    pub images: &'a [S],
+    /// Columns per image.
+    pub n: usize,
+}
+
+impl<S: RhsSource> RhsSource for Batch<'_, S> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        let mut off = 0;
+        while off < w {
+            let (b, j) = ((j0 + off) / self.n, (j0 + off) % self.n);
+            let len = (self.n - j).min(w - off);
+            self.images[b].pack_panel(p0, kc, j, len, &mut panel[off..]);
+            off += len;
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Fused CPU kernels for Reverse Distillation: an AVX-512 GEMM, eval-mode convolutions with
+//! their BatchNorm, residual and ReLU applied as each output tile is stored, and differentiable
+//! training ops (convolution, BatchNorm, residual join, 2×2 transposed convolution) as Candle
+//! custom ops with GEMM-based backward passes.
+//!
+//! The kernels only run on contiguous f32 CPU tensors. Callers choose between them and the
+//! pure-Candle reference path with [`enabled`], in one place per layer: not in reference mode
+//! ([`with_reference`]), on the CPU, in f32. Everything else (CUDA, Metal, f64) takes the
+//! reference path, and every public kernel refuses other tensors with an error instead of
+//! copying them to the host.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use rd_kernels::{enabled, eval, with_reference, Affine};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let x = Tensor::ones((1, 2, 4, 4), candle_core::DType::F32, &Device::Cpu)?;
+//! let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+//! let bn = Affine { scale: vec![0.5; 3], shift: vec![-1.0; 3] };
+//! assert!(enabled(&x));
+//! // conv (padding 1, stride 1) → BatchNorm → ReLU in one pass
+//! let y = eval::conv2d(&x, &w, Some(&bn), 1, 1, None, true)?;
+//! let centre: f32 = y.get(0)?.get(0)?.get(1)?.get(1)?.to_scalar()?;
+//! assert_eq!(centre, 18.0 * 0.5 - 1.0);
+//! assert!(!with_reference(|| enabled(&x)));
+//! assert!(!enabled(&x.to_dtype(candle_core::DType::F64)?));
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+
+mod epilogue;
+pub mod eval;
+pub mod gemm;
+mod geom;
+mod runtime;
+mod tensor;
+pub mod train;
+
+use std::cell::Cell;
+
+use candle_core::{DType, Tensor};
+
+pub use epilogue::{Affine, Epilogue};
+pub use runtime::{read_ahead, use_small_pages};
+
+thread_local! {
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is in reference mode (see [`with_reference`]).
+pub fn reference_mode() -> bool {
+    REFERENCE.with(Cell::get)
+}
+
+/// Runs `f` with the reference implementation (Candle ops only) on this thread.
+pub fn with_reference<T>(f: impl FnOnce() -> T) -> T {
+    let before = REFERENCE.with(|r| r.replace(true));
+    let out = f();
+    REFERENCE.with(|r| r.set(before));
+    out
+}
+
+/// Whether the kernels can run on `x`: not in reference mode, a CPU tensor, f32.
+///
+/// The one check every layer makes before it calls a kernel: a GPU tensor (or an f64 one)
+/// takes the pure-Candle path instead.
+pub fn enabled(x: &Tensor) -> bool {
+    !reference_mode() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// How many kernel calls (eval kernels, and custom-op forward and backward passes) this thread
+/// has made: a probe for tests that a path never reaches the CPU kernels.
+pub fn calls() -> u64 {
+    CALLS.with(Cell::get)
+}
+
+/// Counts one kernel call on this thread (see [`calls`]).
+fn count_call() {
+    CALLS.with(|c| c.set(c.get() + 1));
+}

@@ -1,0 +1,162 @@
+//! The differentiable convolution.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::scratch::{transpose, transpose_into, transpose_scratch, Scratch};
+use crate::gemm::{self, gemm_acc, Dense, MatRef};
+use crate::geom::ConvGeom;
+use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
+use crate::{count_call, Epilogue};
+
+/// Least GEMM depth (pixels summed over) of a weight-gradient GEMM, reached by grouping images.
+const DW_MIN_DEPTH: usize = 512;
+
+/// Convolution without bias, square kernel, zero padding (see [`conv2d`]).
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv2dOp {
+    /// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`.
+    fn grad_weight(&self, g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (kd, n, co) = (g.kdim(), g.n(), g.co);
+        // On small maps one image gives a shallow GEMM (depth = its pixels, 64 on an 8×8 map),
+        // which spends its time storing tiles: images go in groups of at least DW_MIN_DEPTH
+        // pixels, their im2col matrices side by side and their transposed dY stacked.
+        let group = (DW_MIN_DEPTH / n).clamp(1, g.b);
+        let mut dwt = Scratch::zeroed(kd * co);
+        let mut buf = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+        let mut colg = Scratch::take(if group > 1 { kd * group * n } else { 0 });
+        let mut dyt = Scratch::take(group * n * co);
+        for b0 in (0..g.b).step_by(group) {
+            let gb = group.min(g.b - b0);
+            let depth = gb * n;
+            for j in 0..gb {
+                let dyb = &dy[(b0 + j) * co * n..][..co * n];
+                transpose_into(dyb, co, n, &mut dyt[j * n * co..][..n * co]);
+            }
+            let image = |j: usize| &x[(b0 + j) * g.in_len()..][..g.in_len()];
+            if gb == 1 {
+                let col = g.col(image(0), &mut buf);
+                gemm_acc(&mut dwt, col, &dyt[..depth * co], kd, co, depth);
+                continue;
+            }
+            for j in 0..gb {
+                let col = g.col(image(j), &mut buf);
+                colg[..kd * depth]
+                    .par_chunks_mut(depth)
+                    .zip(col.par_chunks(n))
+                    .for_each(|(dst, src)| dst[j * n..(j + 1) * n].copy_from_slice(src));
+            }
+            gemm_acc(
+                &mut dwt,
+                &colg[..kd * depth],
+                &dyt[..depth * co],
+                kd,
+                co,
+                depth,
+            );
+        }
+        transpose(&dwt, kd, co)
+    }
+
+    /// `dX_b = col2im(Wᵀ·dY_b)`.
+    fn grad_input(&self, g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (kd, n, co) = (g.kdim(), g.n(), g.co);
+        // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
+        let wt_view = MatRef::transposed(w, kd);
+        let mut wt = None;
+        let mut dx = vec![0f32; g.b * g.in_len()];
+        let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+        for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+            let dyb = &dy[bi * co * n..][..co * n];
+            let target: &mut [f32] = if g.pointwise() { dxb } else { &mut dcol };
+            // Overwrites the target (no zeroing pass).
+            let rhs = Dense { data: dyb, n };
+            if !gemm::try_fused(target, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
+                let wt = wt.get_or_insert_with(|| transpose_scratch(w, co, kd));
+                target.fill(0.0);
+                gemm_acc(target, wt, dyb, kd, n, co);
+            }
+            if !g.pointwise() {
+                g.col2im(&dcol, dxb);
+            }
+        }
+        dx
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "rd-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        count_call();
+        let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
+        let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
+        let (kd, n) = (g.kdim(), g.n());
+        let mut out = vec![0f32; g.b * g.co * n];
+        let mut buf = Vec::new();
+        for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
+            let img = &x[bi * g.in_len()..][..g.in_len()];
+            // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+            let lhs = MatRef::rows(w, kd);
+            let packed = if g.pointwise() {
+                gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+            } else {
+                gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+            };
+            if !packed {
+                buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
+                let col = g.col(img, &mut buf);
+                gemm_acc(dst, w, col, g.co, n, kd);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.co, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        count_call();
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dx = if x.track_op() {
+            let v = with_f32(w, "conv2d", |w| {
+                with_f32(dy, "conv2d", |dy| self.grad_input(&g, w, dy))
+            })??;
+            Some(from_vec(v, x.dims())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let v = with_f32(x, "conv2d", |x| {
+                with_f32(dy, "conv2d", |dy| self.grad_weight(&g, x, dy))
+            })??;
+            Some(from_vec(v, w.dims())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Differentiable `conv2d(x, w)` without bias: `x` (b, ci, h, w) and a square kernel
+/// `w` (co, ci, k, k), zero padding `pad` on every side, stride `stride`; f32 on the CPU.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    ensure_cpu_f32("train::conv2d", &[x, w])?;
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
+}

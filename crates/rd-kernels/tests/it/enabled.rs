@@ -1,0 +1,54 @@
+//! `enabled`: the one check that keeps the kernels to f32 CPU tensors outside reference mode.
+
+use candle_core::{DType, Device, Tensor};
+use rd_kernels::{calls, enabled, eval, reference_mode, with_reference};
+
+#[test]
+fn enabled_only_for_f32_cpu_tensors_outside_reference_mode() {
+    let x = Tensor::zeros((1, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(enabled(&x));
+    for dtype in [DType::F64, DType::F16, DType::BF16, DType::U32] {
+        assert!(!enabled(&x.to_dtype(dtype).unwrap()), "{dtype:?}");
+    }
+    assert!(!reference_mode());
+    with_reference(|| {
+        assert!(reference_mode());
+        assert!(!enabled(&x));
+        // nested: the outer reference mode survives the inner one
+        with_reference(|| assert!(!enabled(&x)));
+        assert!(reference_mode());
+    });
+    assert!(enabled(&x));
+    // reference mode is per thread
+    with_reference(|| {
+        let other = std::thread::spawn(move || enabled(&x)).join().unwrap();
+        assert!(other);
+    });
+}
+
+/// The eval kernels refuse other dtypes instead of converting (or, for a GPU tensor, copying it
+/// to the host), and count no call.
+#[test]
+fn eval_kernels_refuse_other_dtypes_without_calling_a_kernel() {
+    let x = Tensor::zeros((1, 2, 4, 4), DType::F64, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 2, 3, 3), DType::F64, &Device::Cpu).unwrap();
+    let before = calls();
+    let errors = [
+        eval::conv2d(&x, &w, None, 1, 1, None, true).unwrap_err(),
+        eval::deconv2x2(
+            &x,
+            &w.narrow(2, 0, 2).unwrap().narrow(3, 0, 2).unwrap(),
+            None,
+            None,
+            false,
+        )
+        .unwrap_err(),
+        eval::max_pool3x3_s2(&x).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(e.to_string().contains("f32 CPU tensors only"), "{e}");
+    }
+    assert_eq!(calls(), before);
+    eval::max_pool3x3_s2(&x.to_dtype(DType::F32).unwrap()).unwrap();
+    assert_eq!(calls(), before + 1);
+}

@@ -1,0 +1,144 @@
+//! The differentiable training ops of `rd_kernels::train` against Candle's own ops: forward
+//! values and the gradients of input and weight, on small random shapes.
+//!
+//! Forward and backward compare as `max|fast − ref| ≤ 1e-5·max|ref|` (f32 sums of up to a few
+//! hundred products, in a different order; the observed errors are ~1e-7). The add + ReLU join
+//! must match exactly. (The BatchNorm op is tested through its layer in rd-backbone, which owns
+//! the statistics.)
+
+use candle_core::{DType, Tensor, Var};
+use rd_kernels::{calls, train};
+use rd_tests::noise;
+
+use crate::assert_close;
+
+/// A weighted sum of `y` (so every output element gets its own upstream gradient).
+fn weighted_loss(y: &Tensor, seed: u64) -> Tensor {
+    (y * noise(y.dims(), seed, 1.0)).unwrap().sum_all().unwrap()
+}
+
+/// Forward and gradients (w.r.t. `inputs`) of the kernel `fast` and of Candle's `reference`.
+fn both_paths(
+    inputs: &[&Var],
+    seed: u64,
+    fast: impl Fn() -> Tensor,
+    reference: impl Fn() -> Tensor,
+) -> [(Tensor, Vec<Tensor>); 2] {
+    let run = |f: &dyn Fn() -> Tensor| {
+        let y = f();
+        let grads = weighted_loss(&y, seed).backward().unwrap();
+        let g = inputs
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).expect("no gradient").clone())
+            .collect();
+        (y, g)
+    };
+    [run(&fast), run(&reference)]
+}
+
+#[test]
+fn conv2d_matches_candle() {
+    // (b, ci, co, h, w, k, stride, pad)
+    let cases = [
+        (2, 3, 4, 7, 9, 3, 1, 1),
+        (2, 5, 6, 8, 8, 3, 2, 1),
+        (1, 4, 3, 7, 7, 3, 2, 1),
+        (2, 3, 2, 6, 5, 3, 1, 0),
+        (1, 4, 3, 5, 5, 1, 1, 0),
+        (3, 4, 5, 9, 7, 1, 2, 0),
+        (2, 6, 4, 11, 11, 3, 2, 1),
+    ];
+    for (i, &(b, ci, co, h, w, k, stride, pad)) in cases.iter().enumerate() {
+        let seed = 100 * i as u64;
+        let x = Var::from_tensor(&noise(&[b, ci, h, w], seed, 1.0)).unwrap();
+        let wv = Var::from_tensor(&noise(&[co, ci, k, k], seed + 5, 0.5)).unwrap();
+        let (xt, wt) = (x.as_tensor(), wv.as_tensor());
+        let [(yf, gf), (yr, gr)] = both_paths(
+            &[&x, &wv],
+            seed + 1,
+            || train::conv2d(xt, wt, stride, pad).unwrap(),
+            || xt.conv2d(wt, pad, stride, 1, 1).unwrap(),
+        );
+        let what = format!("conv case {i}");
+        assert_close(&yf, &yr, 1e-5, &format!("{what} forward"));
+        assert_close(&gf[0], &gr[0], 1e-5, &format!("{what} dx"));
+        assert_close(&gf[1], &gr[1], 1e-5, &format!("{what} dw"));
+    }
+}
+
+#[test]
+fn conv2d_rejects_mismatched_kernel() {
+    let x = noise(&[1, 3, 5, 5], 1, 1.0);
+    let w = noise(&[2, 4, 3, 3], 2, 1.0);
+    let err = train::conv2d(&x, &w, 1, 1).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+}
+
+#[test]
+fn add_relu_matches_candle() {
+    let a = Var::from_tensor(&noise(&[2, 3, 5, 4], 1, 1.0)).unwrap();
+    let b = Var::from_tensor(&noise(&[2, 3, 5, 4], 2, 1.0)).unwrap();
+    let (at, bt) = (a.as_tensor(), b.as_tensor());
+    let [(yf, gf), (yr, gr)] = both_paths(
+        &[&a, &b],
+        3,
+        || train::add_relu(at, bt).unwrap(),
+        || (at + bt).unwrap().relu().unwrap(),
+    );
+    assert_close(&yf, &yr, 0.0, "add_relu forward");
+    assert_close(&gf[0], &gr[0], 0.0, "add_relu da");
+    assert_close(&gf[1], &gr[1], 0.0, "add_relu db");
+}
+
+#[test]
+fn deconv2x2_matches_candle() {
+    for (i, &(b, ci, co, h, w)) in [(2, 6, 4, 5, 7), (1, 3, 5, 4, 4), (3, 2, 3, 1, 3)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 7 * i as u64;
+        let x = Var::from_tensor(&noise(&[b, ci, h, w], seed, 1.0)).unwrap();
+        let wv = Var::from_tensor(&noise(&[ci, co, 2, 2], seed + 1, 0.5)).unwrap();
+        let (xt, wt) = (x.as_tensor(), wv.as_tensor());
+        let [(yf, gf), (yr, gr)] = both_paths(
+            &[&x, &wv],
+            seed + 2,
+            || train::deconv2x2(xt, wt).unwrap(),
+            || xt.conv_transpose2d(wt, 0, 0, 2, 1).unwrap(),
+        );
+        let what = format!("deconv case {i}");
+        assert_close(&yf, &yr, 1e-5, &format!("{what} forward"));
+        assert_close(&gf[0], &gr[0], 1e-5, &format!("{what} dx"));
+        assert_close(&gf[1], &gr[1], 1e-5, &format!("{what} dw"));
+    }
+}
+
+/// Every training op refuses a tensor that is not f32 on the CPU before it builds a custom op
+/// (which has only a CPU implementation), and counts no kernel call.
+#[test]
+fn ops_refuse_other_dtypes_without_calling_a_kernel() {
+    let x = noise(&[2, 3, 4, 4], 1, 1.0).to_dtype(DType::F64).unwrap();
+    let w = noise(&[3, 3, 3, 3], 2, 1.0).to_dtype(DType::F64).unwrap();
+    let w2 = noise(&[3, 2, 2, 2], 3, 1.0).to_dtype(DType::F64).unwrap();
+    let g = Tensor::ones(3, DType::F64, x.device()).unwrap();
+    let before = calls();
+    let errors = [
+        train::conv2d(&x, &w, 1, 1).unwrap_err(),
+        train::deconv2x2(&x, &w2).unwrap_err(),
+        train::add_relu(&x, &x).unwrap_err(),
+        train::batch_norm(&x, &g, &g, vec![0.0; 3], vec![1.0; 3], true).unwrap_err(),
+        train::batch_stats(&x).unwrap_err(),
+    ];
+    for e in errors {
+        let e = e.to_string();
+        assert!(
+            e.contains("f32 CPU tensors only") && e.contains("F64"),
+            "{e}"
+        );
+    }
+    assert_eq!(calls(), before);
+    // the f32 op does count
+    let xf = x.to_dtype(DType::F32).unwrap();
+    train::add_relu(&xf, &xf).unwrap();
+    assert_eq!(calls(), before + 1);
+}
