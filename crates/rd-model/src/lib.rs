@@ -42,6 +42,7 @@ mod loss;
 mod model;
 mod ocbe;
 pub mod predict;
+mod predictor;
 mod train;
 mod variant;
 
@@ -57,5 +58,6 @@ pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;
 pub use predict::{predict, PredictConfig, Predictions};
+pub use predictor::{Predictor, ScoredBatch, Verdict, MASK_THRESHOLD};
 pub use train::Trainer;
 pub use variant::Variant;
