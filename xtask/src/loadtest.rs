@@ -48,22 +48,30 @@ pub struct LoadtestArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/loadtest/loadtest.json")]
     pub json: PathBuf,
+    /// An already built release `rd` to drive (default: build target/release/rd first).
+    #[arg(long, value_name = "PATH")]
+    pub rd: Option<PathBuf>,
 }
 
 /// Runs the load test.
 pub fn run(args: LoadtestArgs) -> Result<()> {
     let root = crate::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the release rd…");
-    let status = Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "rd-cli"])
-        .status()
-        .context("running cargo build --release -p rd-cli")?;
-    if !status.success() {
-        bail!("cargo build --release -p rd-cli failed");
-    }
-    let rd = root.join("target/release/rd");
+    let rd = match &args.rd {
+        Some(rd) => rd.clone(),
+        None => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            eprintln!("building the release rd…");
+            let status = Command::new(&cargo)
+                .current_dir(&root)
+                .args(["build", "--release", "-p", "rd-cli"])
+                .status()
+                .context("running cargo build --release -p rd-cli")?;
+            if !status.success() {
+                bail!("cargo build --release -p rd-cli failed");
+            }
+            root.join("target/release/rd")
+        }
+    };
     let tmp = tempfile::tempdir()?;
     let models = tmp.path().join("models");
     let images = tmp.path().join("images");

@@ -138,6 +138,7 @@ fn health_and_model_metadata() {
         .collect();
     assert_eq!(listed, ["a", "raw"]);
     assert_eq!(get(&s.url("/v2")).json()["name"], "rd");
+    s.stop().expect("a clean stop");
 }
 
 /// The FP32 input of an image exactly as the server prepares it (via rd-model's Predictor).

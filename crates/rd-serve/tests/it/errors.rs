@@ -12,7 +12,7 @@ fn error_of(a: &crate::common::Answer) -> String {
 fn bad_bytes_unknown_models_and_bad_queries() {
     let m = models();
     let s = TestServer::start(model_dir(&[("a", &m.a)]), |_| {});
-    let a = post(&s.url("/predict/a"), "image/png", b"GIF89a... or rather not a picture at all");
+    let a = post(&s.url("/predict/a"), "image/png", b"plain text, not a picture at all");
     assert_eq!(a.status, 400);
     assert!(error_of(&a).contains("not a PNG, JPEG, BMP or TIFF"), "{}", a.body);
 

@@ -71,7 +71,18 @@ fn a_browser_uploads_a_picture_and_sees_score_and_heatmap() {
     let m = models();
     let s = TestServer::start(model_dir(&[("bottle", &m.a), ("fabric", &m.b)]), |_| {});
     let picture = s.dir.path().join("part_0042.png");
-    std::fs::write(&picture, crate::common::png(320, 240, 3)).unwrap();
+    // A synthetic metal puck with a scratch, as the demo's dataset draws it.
+    let (rgb, _) = rd_dataset::synthetic::render_sample(
+        rd_dataset::SyntheticCategory::Puck,
+        Some(rd_dataset::DefectKind::Scratch),
+        256,
+        7,
+        0,
+    );
+    image::RgbImage::from_raw(256, 256, rgb)
+        .unwrap()
+        .save(&picture)
+        .unwrap();
     let profile = tempfile::tempdir().unwrap();
     let port = free_port();
     let _driver = Driver(
@@ -104,7 +115,7 @@ fn a_browser_uploads_a_picture_and_sees_score_and_heatmap() {
                     "--headless", "--no-sandbox", "--disable-gpu",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                    "--window-size=1000,640",
+                    "--window-size=900,600",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
@@ -156,7 +167,7 @@ fn a_browser_uploads_a_picture_and_sees_score_and_heatmap() {
                     vec![],
                 )
                 .await?;
-            assert_eq!(shown, serde_json::json!([true, 320, 240]), "heatmap shown");
+            assert_eq!(shown, serde_json::json!([true, 256, 256]), "heatmap shown");
             if let Some(path) = std::env::var_os("RD_SCREENSHOT") {
                 std::fs::write(path, client.screenshot().await?).unwrap();
             }
