@@ -108,7 +108,12 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
     }
 
     eprintln!("== {} clients for {} s", args.clients, args.seconds);
-    let main = drive(&url, &body, args.clients as usize, Duration::from_secs(args.seconds));
+    let main = drive(
+        &url,
+        &body,
+        args.clients as usize,
+        Duration::from_secs(args.seconds),
+    );
     eprintln!("   {}", main.summary());
     let overload_clients = 4 * args.queue as usize;
     eprintln!(

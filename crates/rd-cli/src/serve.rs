@@ -79,7 +79,10 @@ pub fn run(args: ServeArgs, quiet: bool) -> Result<()> {
     let stop = server.shutdown_handle();
     ctrlc::set_handler(move || stop.trigger()).context("cannot install the SIGTERM handler")?;
     if !quiet {
-        eprintln!("rd serve: listening on http://{addr} (models from {})", args.models.display());
+        eprintln!(
+            "rd serve: listening on http://{addr} (models from {})",
+            args.models.display()
+        );
     }
     server.run()?;
     if !quiet {

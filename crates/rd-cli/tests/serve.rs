@@ -65,9 +65,11 @@ fn served_scores_equal_rd_predict_and_sigterm_drains_then_exits_0() {
     std::fs::create_dir(&models).unwrap();
     save_tiny_model(&models.join("tiny.safetensors"));
     let image = dir.path().join("part.png");
-    image::RgbImage::from_fn(90, 70, |x, y| image::Rgb([(x * 3) as u8, (y * 3) as u8, 128]))
-        .save(&image)
-        .unwrap();
+    image::RgbImage::from_fn(90, 70, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 3) as u8, 128])
+    })
+    .save(&image)
+    .unwrap();
 
     let out = dir.path().join("out");
     let o = common::rd(&[

@@ -231,7 +231,9 @@ fn decode_inner(path: &Path, options: &LoadOptions) -> Result<DynamicImage> {
 /// Decodes an image held in memory (an upload, say), exactly as [`load_rgb`] decodes a file;
 /// `name` stands for the bytes in error messages.
 pub fn load_rgb_bytes(bytes: &[u8], name: &Path, options: &LoadOptions) -> Result<RgbImage32> {
-    match catch_unwind(AssertUnwindSafe(|| decode_bytes_inner(bytes, name, options))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_bytes_inner(bytes, name, options)
+    })) {
         Ok(result) => result.map(|image| rgb_from_dynamic(&image)),
         Err(_) => Err(DatasetError::Decode {
             path: name.to_path_buf(),

@@ -106,7 +106,7 @@ impl Predictor {
     pub fn score(&self, inputs: Vec<f32>) -> Result<ScoredBatch> {
         let (h, w) = self.input_size();
         let per = self.input_len();
-        if inputs.is_empty() || inputs.len() % per != 0 {
+        if inputs.is_empty() || !inputs.len().is_multiple_of(per) {
             return Err(ModelError::Config(format!(
                 "a batch of {h}x{w} RGB inputs needs a multiple of {per} values, got {}",
                 inputs.len()

@@ -99,9 +99,7 @@ impl ServeError {
                 StatusCode::BAD_REQUEST
             }
             ServeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ServeError::Overloaded(_) | ServeError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServeError::Overloaded(_) | ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

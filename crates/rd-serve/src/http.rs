@@ -358,7 +358,13 @@ async fn predict_inner(
             Some(original) => {
                 let m = Arc::clone(&model);
                 blocking(&guard, move || {
-                    draw(&m.predictor, &original, &computed.maps, wanted.heatmap, wanted.mask)
+                    draw(
+                        &m.predictor,
+                        &original,
+                        &computed.maps,
+                        wanted.heatmap,
+                        wanted.mask,
+                    )
                 })
                 .await?
             }
@@ -399,9 +405,9 @@ async fn image_bytes(headers: &HeaderMap, body: Bytes) -> Result<Bytes> {
     }
     let mut req = Request::new(Body::from(body));
     *req.headers_mut() = headers.clone();
-    let mut form = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| ServeError::BadRequest(format!("invalid multipart form: {}", e.body_text())))?;
+    let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
+        ServeError::BadRequest(format!("invalid multipart form: {}", e.body_text()))
+    })?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         ServeError::BadRequest(format!("invalid multipart form: {}", e.body_text()))
     };

@@ -94,7 +94,10 @@ impl Metrics {
             g
         };
         let queue_depth = gauge("rd_queue_depth", "Requests waiting for a batch.");
-        let in_flight = gauge("rd_in_flight_requests", "Requests accepted and not yet answered.");
+        let in_flight = gauge(
+            "rd_in_flight_requests",
+            "Requests accepted and not yet answered.",
+        );
         let models_loaded = gauge("rd_models_loaded", "Models being served.");
         for c in [&requests, &reloads] {
             registry

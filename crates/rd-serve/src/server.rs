@@ -67,12 +67,11 @@ impl Server {
                 "no loadable model file (NAME.safetensors) in the folder yet; not ready until one appears"
             );
         }
-        let listener = std::net::TcpListener::bind(config.addr).map_err(|source| {
-            ServeError::Bind {
+        let listener =
+            std::net::TcpListener::bind(config.addr).map_err(|source| ServeError::Bind {
                 addr: config.addr,
                 source,
-            }
-        })?;
+            })?;
         listener
             .set_nonblocking(true)
             .map_err(ServeError::Runtime)?;

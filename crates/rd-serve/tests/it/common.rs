@@ -158,8 +158,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -200,7 +199,12 @@ pub fn get(url: &str) -> Answer {
 }
 
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> Answer {
-    answer(agent().post(url).header("content-type", content_type).send(body))
+    answer(
+        agent()
+            .post(url)
+            .header("content-type", content_type)
+            .send(body),
+    )
 }
 
 pub fn post_json(url: &str, body: &serde_json::Value) -> Answer {

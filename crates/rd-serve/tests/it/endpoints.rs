@@ -3,7 +3,7 @@
 use base64::Engine;
 
 use crate::common::{
-    get, models, offline_score, png, post, post_json, model_dir, TestServer, SIZE,
+    get, model_dir, models, offline_score, png, post, post_json, TestServer, SIZE,
 };
 
 fn server() -> TestServer {
@@ -98,7 +98,12 @@ fn predict_takes_a_multipart_form_and_draws_heatmap_and_mask() {
 #[test]
 fn a_model_without_statistics_gives_raw_scores_and_no_label() {
     let s = server();
-    let j = post(&s.url("/predict/raw?outputs=heatmap,mask"), "image/png", &png(64, 64, 2)).json();
+    let j = post(
+        &s.url("/predict/raw?outputs=heatmap,mask"),
+        "image/png",
+        &png(64, 64, 2),
+    )
+    .json();
     assert!(j["score"].as_f64().unwrap() > 0.0);
     assert!(j["normalized_score"].is_null());
     assert!(j["label"].is_null());
@@ -120,14 +125,20 @@ fn health_and_model_metadata() {
     assert_eq!(m["name"], "a");
     assert_eq!(m["inputs"][0]["name"], "input");
     assert_eq!(m["inputs"][0]["datatype"], "FP32");
-    assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 3, SIZE, SIZE]));
+    assert_eq!(
+        m["inputs"][0]["shape"],
+        serde_json::json!([-1, 3, SIZE, SIZE])
+    );
     let names: Vec<&str> = m["outputs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["pred_score", "pred_label", "anomaly_map", "pred_mask"]);
+    assert_eq!(
+        names,
+        ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+    );
     assert_eq!(m["parameters"]["image_threshold"], 1.0);
     let list = get(&s.url("/v2/models")).json();
     let listed: Vec<&str> = list["models"]
@@ -159,7 +170,11 @@ fn kserve_infer_with_fp32_and_bytes_tensors() {
     let images = [png(64, 64, 3), png(100, 90, 4)];
     let scores: Vec<f64> = images
         .iter()
-        .map(|b| post(&s.url("/predict/a"), "image/png", b).json()["normalized_score"].as_f64().unwrap())
+        .map(|b| {
+            post(&s.url("/predict/a"), "image/png", b).json()["normalized_score"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
 
     let data: Vec<f32> = images.iter().flat_map(|b| prepared(b)).collect();
@@ -191,7 +206,10 @@ fn kserve_infer_with_fp32_and_bytes_tensors() {
     let map = out("anomaly_map");
     assert_eq!(map["shape"], serde_json::json!([2, 1, SIZE, SIZE]));
     assert_eq!(map["data"].as_array().unwrap().len(), 2 * SIZE * SIZE);
-    assert_eq!(out("pred_mask")["data"].as_array().unwrap().len(), 2 * SIZE * SIZE);
+    assert_eq!(
+        out("pred_mask")["data"].as_array().unwrap().len(),
+        2 * SIZE * SIZE
+    );
 
     // BYTES: the encoded files themselves, resized by the server; only the score asked for.
     let b64: Vec<String> = images
@@ -207,7 +225,10 @@ fn kserve_infer_with_fp32_and_bytes_tensors() {
     assert_eq!(outputs.len(), 1);
     for (k, want) in scores.iter().enumerate() {
         let got = outputs[0]["data"][k].as_f64().unwrap();
-        assert!((got - want).abs() < 1e-5, "BYTES image {k}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5,
+            "BYTES image {k}: {got} vs {want}"
+        );
     }
 }
 

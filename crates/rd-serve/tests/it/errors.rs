@@ -12,9 +12,17 @@ fn error_of(a: &crate::common::Answer) -> String {
 fn bad_bytes_unknown_models_and_bad_queries() {
     let m = models();
     let s = TestServer::start(model_dir(&[("a", &m.a)]), |_| {});
-    let a = post(&s.url("/predict/a"), "image/png", b"plain text, not a picture at all");
+    let a = post(
+        &s.url("/predict/a"),
+        "image/png",
+        b"plain text, not a picture at all",
+    );
     assert_eq!(a.status, 400);
-    assert!(error_of(&a).contains("not a PNG, JPEG, BMP or TIFF"), "{}", a.body);
+    assert!(
+        error_of(&a).contains("not a PNG, JPEG, BMP or TIFF"),
+        "{}",
+        a.body
+    );
 
     let mut truncated = png(64, 64, 0);
     truncated.truncate(truncated.len() / 2);
@@ -30,14 +38,24 @@ fn bad_bytes_unknown_models_and_bad_queries() {
     assert_eq!(a.status, 404);
     assert!(error_of(&a).contains("`nope`"));
     assert_eq!(get(&s.url("/v2/models/nope")).status, 404);
-    assert_eq!(post_json(&s.url("/v2/models/nope/infer"), &serde_json::json!({})).status, 404);
+    assert_eq!(
+        post_json(&s.url("/v2/models/nope/infer"), &serde_json::json!({})).status,
+        404
+    );
 
-    let a = post(&s.url("/predict/a?outputs=heatmap,xray"), "image/png", &png(64, 64, 0));
+    let a = post(
+        &s.url("/predict/a?outputs=heatmap,xray"),
+        "image/png",
+        &png(64, 64, 0),
+    );
     assert_eq!(a.status, 400);
     assert!(error_of(&a).contains("`xray`"));
 
     // The server is still fine after all that.
-    assert_eq!(post(&s.url("/predict/a"), "image/png", &png(64, 64, 0)).status, 200);
+    assert_eq!(
+        post(&s.url("/predict/a"), "image/png", &png(64, 64, 0)).status,
+        200
+    );
 }
 
 #[test]
@@ -63,7 +81,11 @@ fn wrong_tensors_are_400_naming_the_shape() {
         "inputs": [{ "name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": vec![0.0f32; 3 * 32 * 32] }],
     }));
     assert_eq!(a.status, 400);
-    assert!(error_of(&a).contains(&format!("[N, 3, {SIZE}, {SIZE}]")), "{}", a.body);
+    assert!(
+        error_of(&a).contains(&format!("[N, 3, {SIZE}, {SIZE}]")),
+        "{}",
+        a.body
+    );
 
     let a = infer(serde_json::json!({
         "inputs": [{ "name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": [0.0, 1.0] }],
@@ -85,7 +107,11 @@ fn wrong_tensors_are_400_naming_the_shape() {
 
     let a = infer(serde_json::json!({ "inputs": [] }));
     assert_eq!(a.status, 400);
-    let a = post(&s.url("/v2/models/a/infer"), "application/json", b"{not json");
+    let a = post(
+        &s.url("/v2/models/a/infer"),
+        "application/json",
+        b"{not json",
+    );
     assert_eq!(a.status, 400);
     assert!(error_of(&a).contains("KServe v2"));
 }
@@ -105,12 +131,17 @@ fn a_full_queue_answers_503_at_once_with_retry_after() {
         std::thread::spawn(move || post(&url, "image/png", &image))
     };
     assert!(crate::common::eventually(Duration::from_secs(5), || {
-        get(&s.url("/metrics")).body.contains("rd_in_flight_requests 1")
+        get(&s.url("/metrics"))
+            .body
+            .contains("rd_in_flight_requests 1")
     }));
     let t = Instant::now();
     let second = post(&url, "image/png", &image);
     assert_eq!(second.status, 503, "{}", second.body);
-    assert!(t.elapsed() < Duration::from_millis(1000), "503 must be immediate");
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "503 must be immediate"
+    );
     assert_eq!(second.retry_after.as_deref(), Some("1"));
     assert!(error_of(&second).contains("capacity"));
     assert_eq!(first.join().unwrap().status, 200);

@@ -20,7 +20,11 @@ fn concurrent_requests_share_batches_and_each_gets_its_own_score() {
     let images: Vec<Vec<u8>> = (0..8).map(|k| png(64, 64, k * 5)).collect();
     let alone: Vec<f64> = images
         .iter()
-        .map(|b| post(&s.url("/predict/a"), "image/png", b).json()["score"].as_f64().unwrap())
+        .map(|b| {
+            post(&s.url("/predict/a"), "image/png", b).json()["score"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     let before = get(&s.url("/metrics")).body;
     let handles: Vec<_> = images
@@ -106,11 +110,17 @@ fn shutdown_finishes_the_request_in_flight_then_stops() {
     let url = s.url("/predict/a");
     let inflight = std::thread::spawn(move || post(&url, "image/png", &png(64, 64, 1)));
     assert!(eventually(Duration::from_secs(5), || {
-        get(&s.url("/metrics")).body.contains("rd_in_flight_requests 1")
+        get(&s.url("/metrics"))
+            .body
+            .contains("rd_in_flight_requests 1")
     }));
     let base = s.base.clone();
     s.stop_handle().trigger();
-    assert_eq!(inflight.join().unwrap().status, 200, "the request in flight is answered");
+    assert_eq!(
+        inflight.join().unwrap().status,
+        200,
+        "the request in flight is answered"
+    );
     s.join().expect("run returns Ok after a graceful stop");
     let addr = base.trim_start_matches("http://");
     assert!(

@@ -9,10 +9,18 @@ fn the_page_is_served_with_its_controls() {
     let a = get(&s.url("/"));
     assert_eq!(a.status, 200);
     assert!(a.content_type.unwrap().starts_with("text/html"));
-    for id in ["id=\"model\"", "id=\"file\"", "id=\"score\"", "id=\"heatmap\""] {
+    for id in [
+        "id=\"model\"",
+        "id=\"file\"",
+        "id=\"score\"",
+        "id=\"heatmap\"",
+    ] {
         assert!(a.body.contains(id), "page lacks {id}");
     }
-    assert!(!a.body.contains("http://") && !a.body.contains("https://"), "no CDN");
+    assert!(
+        !a.body.contains("http://") && !a.body.contains("https://"),
+        "no CDN"
+    );
 }
 
 /// Chromium and chromedriver, or `None` (with the reason printed) when they are not installed
@@ -115,7 +123,7 @@ fn a_browser_uploads_a_picture_and_sees_score_and_heatmap() {
                     "--headless", "--no-sandbox", "--disable-gpu",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                    "--window-size=900,600",
+                    "--window-size=900,760",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
@@ -158,7 +166,10 @@ fn a_browser_uploads_a_picture_and_sees_score_and_heatmap() {
             .json()["score"]
                 .as_f64()
                 .unwrap();
-            assert!((score - served).abs() < 1e-4, "page shows {score}, server says {served}");
+            assert!(
+                (score - served).abs() < 1e-4,
+                "page shows {score}, server says {served}"
+            );
             // The heatmap image is decoded and shown at the picture's aspect ratio.
             let shown = client
                 .execute(
