@@ -276,7 +276,7 @@ fn time_process(mut cmd: Command, what: &str, tmp: &Path) -> Result<(f64, u64)> 
 }
 
 /// A 24-bit BMP of seeded noise (no image encoder needed; both sides read BMP).
-fn write_bmp(path: &Path, size: usize) -> Result<()> {
+pub(crate) fn write_bmp(path: &Path, size: usize) -> Result<()> {
     let row = (size * 3).div_ceil(4) * 4;
     let data_len = row * size;
     let mut b = Vec::with_capacity(54 + data_len);
@@ -485,7 +485,7 @@ fn startup_row(
     Ok(())
 }
 
-fn seeded_model(backbone: Backbone, size: usize) -> Result<ReverseDistillation> {
+pub(crate) fn seeded_model(backbone: Backbone, size: usize) -> Result<ReverseDistillation> {
     let dev = Device::Cpu;
     let config = ModelConfig {
         backbone,

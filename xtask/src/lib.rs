@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod download;
 pub mod eval;
+pub mod loadtest;
 mod rd;
 pub mod train;
 

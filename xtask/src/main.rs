@@ -29,6 +29,8 @@ enum Command {
     Eval(xtask::eval::EvalArgs),
     /// Time inference, training and start-up (optionally against anomalib with --torch-python).
     Bench(xtask::bench::BenchArgs),
+    /// Drive `rd serve` on loopback: throughput, latency percentiles, overload answers.
+    Loadtest(xtask::loadtest::LoadtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Train(args) => xtask::train::run(args),
         Command::Eval(args) => xtask::eval::run(args),
         Command::Bench(args) => xtask::bench::run(args),
+        Command::Loadtest(args) => xtask::loadtest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ mod plot;
 mod predict;
 mod progress;
 mod report;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -45,6 +46,7 @@ Examples:
   rd import --from anomalib --weights model.ckpt --backbone wide_resnet50_2 --image-size 256 -o rd.safetensors
   rd inspect rd.safetensors
   rd inspect rd.safetensors --json
+  rd serve --models models/ --addr 127.0.0.1:8080
 
 Set RUST_LOG=debug for detailed logs.";
 
@@ -60,6 +62,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Score images and write heatmaps, masks and contours of where the defects are.
     Predict(predict::PredictArgs),
+    /// Serve the models of a folder over HTTP (batched; KServe v2; Prometheus metrics).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import::run(args, cli.quiet).map(|()| true),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::Predict(args) => predict::run(args, cli.quiet),
+        Command::Serve(args) => serve::run(args, cli.quiet).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

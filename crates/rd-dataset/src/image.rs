@@ -87,6 +87,20 @@ impl RgbImage32 {
         let n = self.height * self.width;
         &self.data[c * n..(c + 1) * n]
     }
+
+    /// The image as 8-bit RGB for drawing (values rounded, clamped to `[0, 255]`).
+    pub fn to_rgb8(&self) -> image::RgbImage {
+        let plane = self.height * self.width;
+        let px = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+        image::RgbImage::from_fn(self.width as u32, self.height as u32, |x, y| {
+            let i = y as usize * self.width + x as usize;
+            image::Rgb([
+                px(self.data[i]),
+                px(self.data[plane + i]),
+                px(self.data[2 * plane + i]),
+            ])
+        })
+    }
 }
 
 /// A binary mask: one byte per pixel, `0` normal, `1` anomalous, row-major.
@@ -182,7 +196,12 @@ fn png_header_dimensions(path: &Path) -> Option<(u32, u32)> {
     use std::io::Read;
     let mut head = [0u8; 24];
     File::open(path).ok()?.read_exact(&mut head).ok()?;
-    if &head[..8] != b"\x89PNG\r\n\x1a\n" || &head[12..16] != b"IHDR" {
+    png_dimensions(&head)
+}
+
+/// Width and height from the IHDR at the start of PNG bytes.
+fn png_dimensions(head: &[u8]) -> Option<(u32, u32)> {
+    if head.len() < 24 || &head[..8] != b"\x89PNG\r\n\x1a\n" || &head[12..16] != b"IHDR" {
         return None;
     }
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
@@ -202,12 +221,55 @@ fn check_pixels(path: &Path, width: u32, height: u32, options: &LoadOptions) -> 
 }
 
 fn decode_inner(path: &Path, options: &LoadOptions) -> Result<DynamicImage> {
-    let mut reader = open_reader(path)?;
+    let reader = open_reader(path)?;
     if reader.format() == Some(image::ImageFormat::Png) {
         if let Some((width, height)) = png_header_dimensions(path) {
             check_pixels(path, width, height, options)?;
         }
     }
+    decode_reader(reader, path, options)
+}
+
+/// Decodes an image held in memory (an upload, say), exactly as [`load_rgb`] decodes a file;
+/// `name` stands for the bytes in error messages.
+pub fn load_rgb_bytes(bytes: &[u8], name: &Path, options: &LoadOptions) -> Result<RgbImage32> {
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_bytes_inner(bytes, name, options)
+    })) {
+        Ok(result) => result.map(|image| rgb_from_dynamic(&image)),
+        Err(_) => Err(DatasetError::Decode {
+            path: name.to_path_buf(),
+            message: "the image decoder crashed on these bytes".into(),
+        }),
+    }
+}
+
+fn decode_bytes_inner(bytes: &[u8], name: &Path, options: &LoadOptions) -> Result<DynamicImage> {
+    if bytes.is_empty() {
+        return Err(DatasetError::EmptyFile {
+            path: name.to_path_buf(),
+        });
+    }
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DatasetError::io(name, e))?;
+    if reader.format().is_none() {
+        return Err(DatasetError::UnknownFormat {
+            path: name.to_path_buf(),
+        });
+    }
+    if let Some((width, height)) = png_dimensions(bytes) {
+        check_pixels(name, width, height, options)?;
+    }
+    decode_reader(reader, name, options)
+}
+
+/// The decoding shared by files and in-memory images: limits, orientation, pixels.
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    mut reader: ImageReader<R>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<DynamicImage> {
     let mut limits = Limits::default();
     // Room for the largest pixel type (RGBA f32) of an image at the pixel limit.
     limits.max_alloc = Some(options.max_pixels.saturating_mul(16).max(1 << 20));

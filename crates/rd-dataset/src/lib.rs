@@ -49,7 +49,8 @@ pub mod synthetic;
 
 pub use crate::error::{DatasetError, Result};
 pub use crate::image::{
-    load_mask, load_rgb, LoadOptions, Mask, RgbImage32, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
+    load_mask, load_rgb, load_rgb_bytes, LoadOptions, Mask, RgbImage32, DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
 };
 pub use crate::layout::{Label, Sample, Splits};
 pub use crate::loader::{Batch, Loader, LoaderConfig, SkippedFile};

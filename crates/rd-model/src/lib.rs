@@ -42,6 +42,7 @@ mod loss;
 mod model;
 mod ocbe;
 pub mod predict;
+mod predictor;
 mod progress;
 mod train;
 mod variant;
@@ -57,12 +58,8 @@ pub use interrupt::{ctrl_c_flag, Interrupt};
 pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;
-<<<<<<< HEAD
-pub use predict::{predict, PredictConfig, Predictions};
-pub use train::{StepState, Trainer};
-=======
 pub use predict::{predict, predict_with, PredictConfig, Predictions};
+pub use predictor::{Predictor, ScoredBatch, Verdict, MASK_THRESHOLD};
 pub use progress::Progress;
-pub use train::Trainer;
->>>>>>> newcomer
+pub use train::{StepState, Trainer};
 pub use variant::Variant;
