@@ -134,12 +134,12 @@ impl Teacher {
 
     /// layer1..layer3 features of an ImageNet-normalised batch `[B, 3, H, W]`.
     ///
-    /// On the fast path a batch goes through one image at a time: the fused kernels work per
-    /// image anyway, and one image's activations stay in the caches from layer to layer.
+    /// A batch of large images goes through one image at a time on the kernels (see
+    /// [`rd_kernels::per_image`]).
     pub fn forward(&self, x: &Tensor) -> Result<FeatureMaps> {
         check_input(x)?;
         let b = x.dim(0)?;
-        if b > 1 && rd_kernels::enabled(x) {
+        if rd_kernels::per_image(x) {
             let parts = (0..b)
                 .map(|i| self.forward_batch(&x.narrow(0, i, 1)?))
                 .collect::<Result<Vec<_>>>()?;

@@ -69,6 +69,19 @@ pub fn enabled(x: &Tensor) -> bool {
     !reference_mode() && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// Whether a model should run the batch `x` (NCHW) one image at a time: on the kernels, for
+/// images of more than [`PER_IMAGE_ABOVE_PIXELS`]. On large images one image's activations stay
+/// in the caches from layer to layer where a whole batch's would not; on small ones a layer's
+/// weights outweigh its activations, and the kernels run the whole batch as one GEMM instead.
+pub fn per_image(x: &Tensor) -> bool {
+    let dims = x.dims();
+    enabled(x) && dims.len() == 4 && dims[0] > 1 && dims[2] * dims[3] > PER_IMAGE_ABOVE_PIXELS
+}
+
+/// Image pixels (height × width) above which [`per_image`] splits a batch: 256² images go one
+/// at a time (measured as fast as a whole batch, with less memory), 128² ones as a batch.
+pub const PER_IMAGE_ABOVE_PIXELS: usize = 160 * 160;
+
 /// How many kernel calls (eval kernels, and custom-op forward and backward passes) this thread
 /// has made: a probe for tests that a path never reaches the CPU kernels.
 pub fn calls() -> u64 {

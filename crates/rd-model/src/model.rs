@@ -214,12 +214,13 @@ impl ReverseDistillation {
 
     /// Eval-mode anomaly maps and scores of a batch.
     ///
-    /// On the CPU fast path the images go through the whole model one at a time: the kernels
-    /// work per image anyway, and one image's activations stay in the caches from layer to
-    /// layer, where a whole batch's (33 MiB per wide_resnet50_2 layer at batch 8) would not.
+    /// On the kernels, large images go through the whole model one at a time: one image's
+    /// activations stay in the caches from layer to layer, where a whole batch's (33 MiB per
+    /// wide_resnet50_2 layer at batch 8, 256²) would not; small ones go as a batch, whose
+    /// small-map layers then share one GEMM (see [`rd_kernels::per_image`]).
     pub fn anomaly_maps(&self, x: &Tensor) -> Result<AnomalyMaps> {
         let b = x.dim(0)?;
-        if b > 1 && rd_kernels::enabled(x) {
+        if rd_kernels::per_image(x) {
             let parts = (0..b)
                 .map(|i| self.maps_from(&self.features(&x.narrow(0, i, 1)?, false)?))
                 .collect::<Result<Vec<_>>>()?;
