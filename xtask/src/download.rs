@@ -124,8 +124,9 @@ pub enum DownloadCommand {
         cargo xtask download visa --dir /datasets/visa\n\n\
         Offline: copy VisA_20220922.tar (SHA-256 2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362)\n\
         into the --dir folder (or pass --archive PATH) and run the same command.\n\
-        The archive is extracted as published (<object>/Data/…, split_csv/); no anomalib-style\n\
-        visa_pytorch/ rewrite is done here.")]
+        The archive is extracted as published (<object>/Data/…, split_csv/). `rd --layout visa`\n\
+        reads it through split_csv/1cls.csv, the file anomalib's converted visa_pytorch/ copy is\n\
+        made from (same images and split, masks binarised, as rd reads them), so no copy is made.")]
     Visa(VisaArgs),
     /// Teacher weights (timm model.safetensors) into the Hugging Face cache.
     #[command(after_help = "Examples:\n  \

@@ -33,6 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     rd_backbone::fast::use_small_pages();
+    init_logging();
     let result = match Cli::parse().command {
         Command::Download(args) => xtask::download::run(args),
         Command::Train(args) => xtask::train::run(args),
@@ -48,4 +49,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings), as in `rd`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

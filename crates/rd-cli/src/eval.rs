@@ -7,13 +7,14 @@ use clap::Args;
 use rd_dataset::layout::mvtec;
 use rd_metrics::{aupro_curve, roc_curve, PostProcessor};
 use rd_model::evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
-use rd_model::predict::{predict, PredictConfig, Predictions};
+use rd_model::predict::{predict_with, PredictConfig, Predictions};
 use rd_model::{LoadedModel, ReverseDistillation};
 use serde::Serialize;
 
 use crate::data::{DataArgs, Layout};
 use crate::device::DeviceArg;
 use crate::plot::{save_curves, Curve, PlotSpec};
+use crate::progress::Reporter;
 use crate::report::{metrics_table, published, Published};
 
 /// Arguments of `rd eval`.
@@ -27,7 +28,9 @@ Examples:
 Metrics follow anomalib: scores and maps are normalised with the model's thresholds and
 min/max statistics (fitted by `rd train`); image and pixel F1 use normalised > 0.5. A model
 without statistics (e.g. imported from plain weights) has them fitted on the test images first,
-as anomalib does by default for MVTec AD, and says so.")]
+as anomalib does by default for MVTec AD, and says so. Without masks (no ground_truth/ folder,
+no --mask-dir) pixel metrics are skipped and reported as null in --json; EXIF orientation is
+applied or not as the model file says (see `rd train --exif-orientation`).")]
 pub struct EvalArgs {
     /// The model file.
     #[arg(long)]
@@ -39,6 +42,11 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+
+    /// Seed of the held-out share of good images (folder layout without --normal-test-dir):
+    /// the one `rd train` used, so that no training image is tested on.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 
     /// AUPRO's false-positive-rate limit.
     #[arg(long, default_value_t = 0.3)]
@@ -109,14 +117,26 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     }
     let device = args.device.open()?;
     let LoadedModel { model, meta, .. } = ReverseDistillation::load(&args.model, &device)?;
-    let (splits, data_desc) = args.data.load(0)?;
+    let (splits, data_desc) = args.data.load(args.seed)?;
     if splits.test.is_empty() {
         bail!("{data_desc} has no test images");
     }
-    let mut predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
-    predict_config.progress = !quiet;
-    let predictions = predict(&model, &splits.test, &predict_config)
-        .with_context(|| format!("cannot score the test images of {data_desc}"))?;
+    if !quiet {
+        eprintln!(
+            "testing on {} of {data_desc}",
+            DataArgs::test_summary(&splits.test)
+        );
+    }
+    let predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
+    let mut progress = Reporter::new("scoring", "image", splits.test.len() as u64, quiet);
+    let predictions = predict_with(&model, &splits.test, &predict_config, &mut |p| {
+        progress.report(p)
+    })
+    .with_context(|| format!("cannot score the test images of {data_desc}"))?;
+    progress.finish();
+    if let (Some(why), false) = (args.data.missing_masks(&splits.test), quiet) {
+        eprintln!("note: pixel metrics skipped: {why}; image-level metrics only");
+    }
     tracing::info!(images = predictions.len(), "test images scored");
     let stored = meta.post.post_processor();
     let (post, thresholds) = if stored.image_normalizer().is_identity() {

@@ -22,7 +22,7 @@ use rd_model::{LoadedModel, ReverseDistillation};
 use serde::Serialize;
 
 use crate::device::DeviceArg;
-use crate::progress::progress_bar;
+use crate::progress::Reporter;
 
 /// Arguments of `rd predict`.
 #[derive(Debug, Args)]
@@ -147,11 +147,15 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<bool> {
         raw_maps: args.raw_maps,
         size: (meta.image_size[0], meta.image_size[1]),
         normalization: meta.normalization,
+        load: LoadOptions {
+            apply_orientation: meta.exif_orientation,
+            ..LoadOptions::default()
+        },
         image_norm,
         pixel_norm,
     };
 
-    let bar = progress_bar(inputs.len() as u64, "scoring", quiet);
+    let mut bar = Reporter::new("scoring", "image", inputs.len() as u64, quiet);
     let mut failed = 0usize;
     for chunk in inputs.chunks(args.batch_size as usize) {
         let t = std::time::Instant::now();
@@ -184,7 +188,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<bool> {
         }
         results.flush()?;
     }
-    bar.finish_and_clear();
+    bar.finish();
     if !quiet {
         eprintln!(
             "scored {} of {} images -> {}",
@@ -202,6 +206,7 @@ struct Scorer<'a> {
     raw_maps: bool,
     size: (usize, usize),
     normalization: rd_dataset::Normalization,
+    load: LoadOptions,
     image_norm: Normalizer,
     pixel_norm: Normalizer,
 }
@@ -263,7 +268,7 @@ impl Scorer<'_> {
 
     /// Loads an image, keeping the original and making the normalised model input.
     fn prepare(&self, path: &Path) -> std::result::Result<(RgbImage32, Vec<f32>), String> {
-        let original = load_rgb(path, &LoadOptions::default()).map_err(|e| e.to_string())?;
+        let original = load_rgb(path, &self.load).map_err(|e| e.to_string())?;
         let (h, w) = self.size;
         let mut input = if (original.height, original.width) == (h, w) {
             original.clone()

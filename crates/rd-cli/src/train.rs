@@ -9,13 +9,14 @@ use rd_anomaly_map::MapMode;
 use rd_backbone::{BackboneId, Teacher, TeacherWeights, WeightFile, WeightsLocator};
 use rd_model::evaluate::{compute_metrics, fit_post_processor, MetricsConfig};
 use rd_model::fit::{Fit, FitOutcome, TrainConfig};
-use rd_model::predict::{predict, PredictConfig};
+use rd_model::predict::{predict_with, PredictConfig, Predictions};
 use rd_model::{
     AdamConfig, ModelConfig, ModelMeta, PostStats, ReverseDistillation, Student, Variant,
 };
 
 use crate::data::DataArgs;
 use crate::device::DeviceArg;
+use crate::progress::Reporter;
 use crate::report::print_metrics;
 
 /// Which images the thresholds and min/max statistics are fitted on.
@@ -50,11 +51,16 @@ Examples:
   rd train --data data/synthetic --category fabric --backbone resnet18 --image-size 128 --epochs 20 \\
            --allow-random-teacher -o fabric.safetensors
   rd train --layout folder --data good_parts/ --validation holdout:0.2 -o line3.safetensors
+  rd train --layout folder --data line3/train_good --normal-test-dir line3/test_good \
+           --abnormal-dir line3/scratch --abnormal-dir line3/dent -o line3.safetensors
   rd train ... --resume bottle.checkpoint.safetensors     # continue an interrupted run
 
 Training writes <output>.checkpoint.safetensors every --checkpoint-every epochs and on Ctrl-C;
---resume continues from it exactly. After training, thresholds are fitted on the validation
-images and metrics are computed on the test images; both travel inside the model file.")]
+--resume continues from it exactly. The checkpoint of a run that completed is removed once the
+model is written (--keep-checkpoint keeps it). After training, thresholds are fitted on the
+validation images and metrics are computed on the test images; both travel inside the model
+file. Without masks (no ground_truth/ folder, no --mask-dir) only image-level metrics are
+computed, as anomalib does for classification data.")]
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -122,6 +128,18 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
 
+    /// Keep the checkpoint after a run that completed (it holds the optimiser state, about
+    /// 2.5 times the model's size; only needed to train further with --resume).
+    #[arg(long)]
+    keep_checkpoint: bool,
+
+    /// Turn images upright by their EXIF orientation tag (phone and camera photos). Off by
+    /// default because anomalib does not rotate: a model imported from or compared with anomalib
+    /// must see the same pixels. The choice is stored in the model file; `rd eval` and
+    /// `rd predict` follow it.
+    #[arg(long)]
+    exif_orientation: bool,
+
     /// Append one JSON line per epoch to this file [default: <output>.log.jsonl].
     #[arg(long)]
     log: Option<PathBuf>,
@@ -186,7 +204,6 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
             .clone()
             .unwrap_or_else(|| sibling(&args.output, "log.jsonl")),
     );
-    config.progress = !quiet;
     config.skip_bad = args.skip_bad;
 
     let mut fit = match &args.resume {
@@ -209,16 +226,26 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
                 &device,
             )?;
             let model = ReverseDistillation::new(model_config, teacher, student)?;
-            let meta = ModelMeta::new(&model_config, source);
+            let mut meta = ModelMeta::new(&model_config, source);
+            meta.exif_orientation = args.exif_orientation;
             Fit::new(model, meta, data_desc.clone(), config)?
         }
     };
+    let trained_upright = fit.meta().exif_orientation;
+    if trained_upright != args.exif_orientation {
+        bail!(
+            "the checkpoint was trained {} EXIF orientation; resume {} --exif-orientation",
+            if trained_upright { "with" } else { "without" },
+            if trained_upright { "with" } else { "without" }
+        );
+    }
     if !quiet {
         eprintln!(
-            "training on {} images of {data_desc} ({} epochs, batch {})",
+            "training on {} images of {data_desc} ({} epochs, batch {}); testing on {}",
             splits.train.len(),
             fit.config().epochs,
-            fit.config().batch_size
+            fit.config().batch_size,
+            DataArgs::test_summary(&splits.test)
         );
     }
     tracing::info!(
@@ -227,7 +254,9 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
         validation = splits.validation.as_ref().map_or(0, Vec::len),
         "dataset loaded"
     );
-    let report = fit.run(&splits.train)?;
+    let mut progress = Reporter::new("training", "step", 0, quiet);
+    let report = fit.run_with(&splits.train, &mut |p| progress.report(p))?;
+    progress.finish();
     tracing::info!(steps = report.steps, seconds = report.seconds, outcome = ?report.outcome, "training finished");
     for s in &report.skipped {
         eprintln!("warning: skipped {}: {}", s.path.display(), s.reason);
@@ -241,18 +270,29 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
         FitOutcome::StepLimit | FitOutcome::Completed => {}
     }
 
+    let checkpoint = fit.config().checkpoint.clone();
     let (model, mut meta) = fit.into_parts();
-    let mut predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
-    predict_config.progress = !quiet;
+    let predict_config = PredictConfig::for_model(&meta, args.batch_size.max(1));
+    let score = |samples: &[rd_dataset::Sample]| -> Result<Predictions> {
+        let mut progress = Reporter::new("scoring", "image", samples.len() as u64, quiet);
+        let p = predict_with(&model, samples, &predict_config, &mut |p| {
+            progress.report(p)
+        })?;
+        progress.finish();
+        Ok(p)
+    };
     let validation = splits.validation_or_test();
-    let val = predict(&model, validation, &predict_config).context("validation failed")?;
+    let val = score(validation).context("validation failed")?;
     let post = fit_post_processor(&val)?;
     meta.post = PostStats::from(&post);
     let test = if splits.validation.is_some() {
-        predict(&model, &splits.test, &predict_config).context("testing failed")?
+        score(&splits.test).context("testing failed")?
     } else {
         val
     };
+    if let (Some(why), false) = (args.data.missing_masks(&splits.test), quiet) {
+        eprintln!("note: pixel metrics skipped: {why}; image-level metrics only");
+    }
     let metrics = if test.is_empty() {
         None
     } else {
@@ -268,6 +308,18 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     model
         .save(&args.output, &meta, &[])
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if report.outcome == FitOutcome::Completed && !args.keep_checkpoint {
+        // Checkpoints exist to continue interrupted runs; this one is done and the model holds
+        // its result. A missing file is fine (nothing was left to remove).
+        match std::fs::remove_file(&checkpoint) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
+                "warning: cannot remove the checkpoint {}: {e}",
+                checkpoint.display()
+            ),
+        }
+    }
     if let Some(m) = &metrics {
         if args.json {
             println!("{}", serde_json::to_string_pretty(m)?);

@@ -70,7 +70,10 @@ fn train_evaluate_and_predict_on_synthetic_data() {
     assert_eq!(metrics["anomalous_images"], 3);
     assert!(metrics["image_auroc"].as_f64().unwrap() >= 0.0);
     assert!(d.join("puck.log.jsonl").is_file());
-    assert!(d.join("puck.checkpoint.safetensors").is_file());
+    assert!(
+        !d.join("puck.checkpoint.safetensors").exists(),
+        "a completed run removes its checkpoint"
+    );
 
     let o = rd(&["inspect", model.to_str().unwrap(), "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -149,6 +152,179 @@ fn train_evaluate_and_predict_on_synthetic_data() {
         );
         assert!(Path::new(v["contour"].as_str().unwrap()).is_file());
     }
+}
+
+/// `rd train` options for a one-epoch run on the tiny data at 64 px, writing `model`.
+fn quick_train<'a>(model: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--allow-random-teacher",
+        "--json",
+        "-o",
+        model,
+    ]
+}
+
+fn json(stdout: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("{e}: not JSON: {}", String::from_utf8_lossy(stdout)))
+}
+
+#[test]
+fn classification_only_mvtec_data_gets_image_level_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    tiny_dataset(&data);
+    std::fs::remove_dir_all(data.join("puck/ground_truth")).unwrap();
+    let model = d.join("solar.safetensors");
+    let mut args = quick_train(model.to_str().unwrap());
+    args.extend(["--data", data.to_str().unwrap(), "--category", "puck"]);
+    let o = rd(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("pixel metrics skipped"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{stderr}");
+    assert!(notes[0].contains("ground_truth"), "{}", notes[0]);
+    assert!(
+        stderr.contains("testing on 2 good, 1 hole, 1 scratch, 1 stain"),
+        "{stderr}"
+    );
+    let metrics = json(&o.stdout);
+    assert_eq!(metrics["images"], 5);
+    assert_eq!(metrics["anomalous_images"], 3);
+    assert!(metrics["image_auroc"].is_number(), "{metrics}");
+    for k in ["pixel_auroc", "pixel_f1", "pixel_aupro"] {
+        assert!(metrics[k].is_null(), "{k}: {metrics}");
+    }
+
+    let out = d.join("eval");
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "puck",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pixel metrics skipped"), "{}", text(&o));
+    let report = json(&o.stdout);
+    assert_eq!(report["metrics"]["image_auroc"], metrics["image_auroc"]);
+    assert!(report["metrics"]["pixel_auroc"].is_null(), "{report}");
+    assert!(out.join("roc.png").is_file() && !out.join("pro.png").exists());
+
+    // Some masks present but one missing: still an error that names the image.
+    tiny_dataset(&data);
+    std::fs::remove_file(data.join("puck/ground_truth/hole/000_mask.png")).unwrap();
+    let o = rd(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("test/hole/000.png"), "{}", text(&o));
+}
+
+#[test]
+fn folder_layout_with_good_test_folder_and_defect_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    tiny_dataset(&data);
+    let puck = data.join("puck");
+    let model = d.join("line3.safetensors");
+    let p = |sub: &str| puck.join(sub).to_str().unwrap().to_string();
+    let (train, good) = (p("train/good"), p("test/good"));
+    let defects = ["hole", "scratch", "stain"];
+    let abnormal: Vec<String> = defects.iter().map(|x| p(&format!("test/{x}"))).collect();
+    let masks: Vec<String> = defects
+        .iter()
+        .map(|x| p(&format!("ground_truth/{x}")))
+        .collect();
+    let mut args = quick_train(model.to_str().unwrap());
+    args.extend([
+        "--layout",
+        "folder",
+        "--data",
+        &train,
+        "--normal-test-dir",
+        &good,
+    ]);
+    for (a, m) in abnormal.iter().zip(&masks) {
+        args.extend(["--abnormal-dir", a.as_str(), "--mask-dir", m.as_str()]);
+    }
+    args.push("--keep-checkpoint");
+    let o = rd(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    // No share of the training images is held out: all 6 train, the 2 good test images test.
+    assert!(t.contains("training on 6 images"), "{t}");
+    assert!(
+        t.contains("testing on 2 good, 1 hole, 1 scratch, 1 stain"),
+        "{t}"
+    );
+    assert!(!t.contains("pixel metrics skipped"), "{t}");
+    let metrics = json(&o.stdout);
+    assert_eq!(
+        (
+            metrics["images"].as_u64(),
+            metrics["anomalous_images"].as_u64()
+        ),
+        (Some(5), Some(3))
+    );
+    assert!(metrics["pixel_auroc"].is_number(), "{metrics}");
+    assert!(
+        d.join("line3.checkpoint.safetensors").is_file(),
+        "--keep-checkpoint keeps it"
+    );
+
+    // Without masks: image level only; a held-out share conflicts with the good test folder.
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--layout",
+        "folder",
+        "--data",
+        &train,
+        "--normal-test-dir",
+        &good,
+        "--abnormal-dir",
+        &abnormal[0],
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no --mask-dir was given"), "{}", text(&o));
+    let report = json(&o.stdout);
+    assert_eq!(report["metrics"]["images"], 3);
+    assert!(report["metrics"]["pixel_f1"].is_null(), "{report}");
+    let o = rd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--layout",
+        "folder",
+        "--data",
+        &train,
+        "--normal-test-dir",
+        &good,
+        "--normal-test-share",
+        "0.5",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--normal-test-share"), "{}", text(&o));
 }
 
 #[test]

@@ -35,7 +35,8 @@ pub fn has_image_extension(path: &Path) -> bool {
 pub struct LoadOptions {
     /// Largest accepted `width * height`; bigger images are refused from their header alone.
     pub max_pixels: u64,
-    /// Apply the EXIF orientation tag (JPEG, TIFF). Note: anomalib (PIL `Image.open`) ignores it.
+    /// Apply the EXIF orientation tag (JPEG, TIFF). Off by default: anomalib (PIL `Image.open`)
+    /// ignores the tag, and a model must see its images as it was trained on them.
     pub apply_orientation: bool,
 }
 
@@ -43,7 +44,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
-            apply_orientation: true,
+            apply_orientation: false,
         }
     }
 }
@@ -136,7 +137,8 @@ pub fn load_mask(path: &Path, options: &LoadOptions) -> Result<Mask> {
     Ok(mask_from_dynamic(&image))
 }
 
-/// Decodes `path` into an [`image::DynamicImage`], checking size limits and applying orientation.
+/// Decodes `path` into an [`image::DynamicImage`], checking size limits and, if asked, applying
+/// the EXIF orientation.
 pub fn decode(path: &Path, options: &LoadOptions) -> Result<DynamicImage> {
     // A decoder bug must not take the whole training run down: report it as a bad file.
     match catch_unwind(AssertUnwindSafe(|| decode_inner(path, options))) {

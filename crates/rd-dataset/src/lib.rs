@@ -4,13 +4,14 @@
 //! tensors. It knows nothing about Candle.
 //!
 //! * [`image`]: decode PNG, JPEG, BMP and TIFF (grayscale, RGBA, 16-bit, palette) into RGB `f32`
-//!   in `[0, 1]`, channel-first, with EXIF orientation applied; absurd sizes are refused from the
-//!   header.
+//!   in `[0, 1]`, channel-first (EXIF orientation ignored, as anomalib does, unless asked for);
+//!   absurd sizes are refused from the header.
 //! * [`resize`]: anomalib's default resize (torchvision `Resize(antialias=True)`, i.e. PyTorch's
 //!   antialiased bilinear), and torch `nearest` for masks.
 //! * [`normalize`]: per-channel `(x - mean) / std` ([`Normalization::IMAGENET`]).
 //! * [`preprocess`]: the three steps above for one sample, with mask checks.
-//! * [`layout`]: MVTec AD, VisA (raw and converted) and plain folders, as lists of [`Sample`]s.
+//! * [`layout`]: MVTec AD, VisA (raw and converted) and plain folders, as lists of [`Sample`]s;
+//!   masks are optional (classification-only data).
 //! * [`loader`]: batches decoded in parallel on a background thread, with bounded prefetch,
 //!   seeded shuffling and optional skipping of bad files.
 //! * [`synthetic`]: a deterministic MVTec-layout dataset with exact defect masks.

@@ -120,6 +120,10 @@ pub struct ModelMeta {
     pub image_size: [usize; 2],
     /// Input normalisation.
     pub normalization: Normalization,
+    /// Whether images are turned upright by their EXIF orientation tag before use (anomalib does
+    /// not; files written before this field existed did not either).
+    #[serde(default)]
+    pub exif_orientation: bool,
     /// How the scales of the anomaly map combine.
     pub map_mode: MapMode,
     /// σ of the anomaly-map blur.
@@ -139,6 +143,7 @@ impl ModelMeta {
             variant: config.variant,
             image_size: [config.image_size.0, config.image_size.1],
             normalization: Normalization::IMAGENET,
+            exif_orientation: false,
             map_mode: config.map_mode,
             blur_sigma: 4.0,
             post: PostStats::default(),

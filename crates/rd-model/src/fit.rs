@@ -1,6 +1,6 @@
 //! Training a Reverse Distillation model on a list of images: epochs of seeded, shuffled batches
-//! through the prefetching loader, checkpoints that can always be resumed, a JSON-lines log, a
-//! progress bar and a clean stop on Ctrl-C.
+//! through the prefetching loader, checkpoints that can always be resumed, a JSON-lines log,
+//! progress reports after every step ([`Fit::run_with`]) and a clean stop on Ctrl-C.
 //!
 //! * **Order.** Epoch `e` (0-based) shuffles the samples with [`epoch_seed`]`(seed, e)`, a
 //!   function of the seed and the epoch only. The last, smaller batch is kept, as in anomalib and
@@ -30,10 +30,10 @@ use rd_dataset::{Loader, LoaderConfig, Normalization, Sample, SkippedFile};
 
 use crate::batches::{batch_to_tensor, single_image_is_degenerate, EpochBatches};
 use crate::checkpoint::{EpochProgress, PARTIAL_EPOCH_TENSOR};
-use crate::fit_log::{progress_bar, EpochRecord, JsonLog};
+use crate::fit_log::{EpochRecord, JsonLog};
 use crate::{
-    AdamConfig, Interrupt, ModelError, ModelMeta, PostStats, Result, ReverseDistillation, Trainer,
-    TrainingSummary,
+    AdamConfig, Interrupt, ModelError, ModelMeta, PostStats, Progress, Result, ReverseDistillation,
+    Trainer, TrainingSummary,
 };
 
 pub use crate::batches::epoch_seed;
@@ -59,8 +59,6 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Append one JSON line per epoch ([`EpochRecord`]) to this file.
     pub log: Option<PathBuf>,
-    /// Show a progress bar on stderr (never shown when stderr is not a terminal).
-    pub progress: bool,
     /// Skip unreadable images (reported in [`FitReport::skipped`]) instead of stopping.
     pub skip_bad: bool,
     /// How the run learns it should stop early.
@@ -73,8 +71,8 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The official recipe (SPEC §4): 200 epochs, batch 16, Adam lr 0.005 with betas
-    /// (0.5, 0.999), shuffle seed 42, a checkpoint every 10 epochs, a progress bar, stopping at
-    /// the first bad image, Ctrl-C handled, never overwriting an existing file.
+    /// (0.5, 0.999), shuffle seed 42, a checkpoint every 10 epochs, stopping at the first bad
+    /// image, Ctrl-C handled, never overwriting an existing file.
     pub fn new(checkpoint: impl Into<PathBuf>) -> Self {
         TrainConfig {
             epochs: 200,
@@ -85,7 +83,6 @@ impl TrainConfig {
             checkpoint: checkpoint.into(),
             checkpoint_every: 10,
             log: None,
-            progress: true,
             skip_bad: false,
             interrupt: Interrupt::CtrlC,
             loader_threads: None,
@@ -407,6 +404,7 @@ impl Fit {
     fn loader_config(&self, epoch: usize) -> LoaderConfig {
         let (h, w) = self.trainer.model().config().image_size;
         let mut c = LoaderConfig::new(h, w, self.config.batch_size);
+        c.preprocess.load.apply_orientation = self.meta.exif_orientation;
         let n = self.meta.normalization;
         c.preprocess.normalization = Some(Normalization {
             mean: n.mean,
@@ -460,6 +458,15 @@ impl Fit {
     /// Trains on `samples` until the configured epochs (or steps) are done or the interrupt
     /// flag is raised; see the module docs.
     pub fn run(&mut self, samples: &[Sample]) -> Result<FitReport> {
+        self.run_with(samples, &mut |_| {})
+    }
+
+    /// [`Fit::run`], calling `progress` after every optimiser step.
+    pub fn run_with(
+        &mut self,
+        samples: &[Sample],
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<FitReport> {
         let started = Instant::now();
         if samples.is_empty() {
             return Err(ModelError::Training(
@@ -476,11 +483,8 @@ impl Fit {
         }
         let flag = self.config.interrupt.flag()?;
         let mut log = self.config.log.as_deref().map(JsonLog::open).transpose()?;
-        let bar = progress_bar(
-            self.config.progress,
-            self.planned_steps(samples.len(), fold),
-        );
-        bar.set_prefix("training (steps)");
+        let planned = self.planned_steps(samples.len(), fold);
+        let mut done = 0u64;
         let device = self.trainer.model().student_params().device().clone();
         let mut history = Vec::new();
         let mut skipped: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -497,7 +501,6 @@ impl Fit {
                 break;
             }
             let epoch = self.epochs_done;
-            bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.config.epochs));
             let loader = Loader::new(samples.to_vec(), self.loader_config(epoch))
                 .map_err(|e| self.rescue(e.into()))?;
             let mut batches = EpochBatches::new(loader, fold);
@@ -517,8 +520,15 @@ impl Fit {
                 let (loss, terms) = self.step(&x, epoch)?;
                 self.partial.add(n, loss, terms);
                 self.steps += 1;
-                bar.inc(1);
-                bar.set_message(self.bar_message(&before, t0));
+                done += 1;
+                progress(&Progress {
+                    done,
+                    total: planned,
+                    epoch: Some((epoch + 1, self.config.epochs)),
+                    loss: self.partial.means().map(|m| m.0),
+                    images_per_sec: (self.partial.images - before.images) as f64
+                        / t0.elapsed().as_secs_f64().max(1e-9),
+                });
                 if flag.load(Ordering::SeqCst) {
                     stop = Some(FitOutcome::Interrupted);
                 } else if self.at_step_limit() {
@@ -566,7 +576,6 @@ impl Fit {
             self.save_checkpoint()?;
             written = Some(self.config.checkpoint.clone());
         }
-        bar.finish();
         Ok(FitReport {
             outcome,
             epochs_done: self.epochs_done,
@@ -583,7 +592,7 @@ impl Fit {
         })
     }
 
-    /// Steps this call expects to run (for the progress bar).
+    /// Steps this call expects to run (for the progress reports).
     fn planned_steps(&self, samples: usize, fold: bool) -> u64 {
         let bs = self.config.batch_size;
         let rem = samples % bs;
@@ -596,14 +605,6 @@ impl Fit {
             steps = steps.min(m.saturating_sub(self.steps));
         }
         steps as u64
-    }
-
-    /// The progress-bar message: running mean loss and throughput of the epoch.
-    fn bar_message(&self, before: &EpochProgress, t0: Instant) -> String {
-        let loss = self.partial.means().map_or(f64::NAN, |m| m.0);
-        let images = self.partial.images - before.images;
-        let rate = images as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        format!("loss {loss:.4}  {rate:.1} img/s")
     }
 
     /// The log record of epoch `epoch` as it stands.

@@ -1,10 +1,9 @@
-//! What a training run tells the user: one JSON line per epoch in a log file, and a progress bar.
+//! What a training run records: one JSON line per epoch in a log file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::{ModelError, Result};
@@ -68,18 +67,4 @@ impl JsonLog {
             .and_then(|()| self.file.flush())
             .map_err(|e| err(e.to_string()))
     }
-}
-
-/// A progress bar over `total` steps on stderr; hidden when disabled or stderr is not a terminal.
-pub(crate) fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(
-        "{prefix} {wide_bar} {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
 }

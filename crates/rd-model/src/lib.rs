@@ -1,9 +1,9 @@
 //! The trainable half of Reverse Distillation: OCBE bottleneck, reversed-ResNet decoder, the loss
 //! and the optimiser, assembled with the frozen teacher into [`ReverseDistillation`].
 //!
-//! Training on image files is [`Fit`] (seeded epochs, resumable checkpoints, log, progress bar,
-//! Ctrl-C); evaluation is [`predict()`] (raw scores and maps), [`fit_post_processor`] (anomalib's
-//! thresholds and min/max) and [`compute_metrics`] (anomalib's test metrics).
+//! Training on image files is [`Fit`] (seeded epochs, resumable checkpoints, log, [`Progress`]
+//! reports, Ctrl-C); evaluation is [`predict()`] (raw scores and maps), [`fit_post_processor`]
+//! (anomalib's thresholds and min/max) and [`compute_metrics`] (anomalib's test metrics).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -42,6 +42,7 @@ mod loss;
 mod model;
 mod ocbe;
 pub mod predict;
+mod progress;
 mod train;
 mod variant;
 
@@ -56,6 +57,7 @@ pub use interrupt::{ctrl_c_flag, Interrupt};
 pub use loss::{rd_loss, Loss};
 pub use model::{Features, ModelConfig, ReverseDistillation, Student};
 pub use ocbe::Ocbe;
-pub use predict::{predict, PredictConfig, Predictions};
+pub use predict::{predict, predict_with, PredictConfig, Predictions};
+pub use progress::Progress;
 pub use train::Trainer;
 pub use variant::Variant;

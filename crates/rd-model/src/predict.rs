@@ -12,8 +12,7 @@ use rd_dataset::{Loader, LoaderConfig, Normalization, Sample, SkippedFile};
 use rd_metrics::MapShape;
 
 use crate::batches::batch_to_tensor;
-use crate::fit_log::progress_bar;
-use crate::{ModelError, ModelMeta, Result, ReverseDistillation};
+use crate::{ModelError, ModelMeta, Progress, Result, ReverseDistillation};
 
 /// How to run the model over images.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +25,8 @@ pub struct PredictConfig {
     pub skip_bad: bool,
     /// Decode images on this many threads (`None`: rayon's global pool).
     pub loader_threads: Option<usize>,
-    /// Show a progress bar on stderr (never when stderr is not a terminal).
-    pub progress: bool,
+    /// Apply the EXIF orientation tag when decoding (the model file's choice).
+    pub exif_orientation: bool,
 }
 
 impl PredictConfig {
@@ -38,14 +37,15 @@ impl PredictConfig {
             normalization: Normalization::IMAGENET,
             skip_bad: false,
             loader_threads: None,
-            progress: false,
+            exif_orientation: false,
         }
     }
 
-    /// As [`PredictConfig::new`] with the normalisation recorded in `meta`.
+    /// As [`PredictConfig::new`] with the normalisation and orientation rule recorded in `meta`.
     pub fn for_model(meta: &ModelMeta, batch_size: usize) -> Self {
         PredictConfig {
             normalization: meta.normalization,
+            exif_orientation: meta.exif_orientation,
             ..Self::new(batch_size)
         }
     }
@@ -108,6 +108,16 @@ pub fn predict(
     samples: &[Sample],
     config: &PredictConfig,
 ) -> Result<Predictions> {
+    predict_with(model, samples, config, &mut |_| {})
+}
+
+/// [`predict()`], calling `progress` after every batch.
+pub fn predict_with(
+    model: &ReverseDistillation,
+    samples: &[Sample],
+    config: &PredictConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Predictions> {
     if samples.is_empty() {
         return Err(ModelError::Config(
             "there are no images to evaluate; check the dataset folder".into(),
@@ -118,6 +128,7 @@ pub fn predict(
     lc.preprocess.normalization = Some(config.normalization);
     lc.skip_bad = config.skip_bad;
     lc.num_threads = config.loader_threads;
+    lc.preprocess.load.apply_orientation = config.exif_orientation;
     let mut loader = Loader::new(samples.to_vec(), lc)?;
     let device = model.student_params().device().clone();
     let mut out = Predictions {
@@ -134,11 +145,10 @@ pub fn predict(
         width: w,
         skipped: Vec::new(),
     };
-    let bar = progress_bar(config.progress, samples.len() as u64);
-    bar.set_prefix("scoring");
+    let started = std::time::Instant::now();
+    let mut done = 0u64;
     for batch in loader.by_ref() {
         let mut batch = batch?;
-        bar.inc(batch.len() as u64);
         let x = batch_to_tensor(&mut batch, &device)?;
         let maps = model.anomaly_maps(&x)?;
         out.maps.extend(
@@ -159,10 +169,17 @@ pub fn predict(
         if let (Some(all), Some(m)) = (out.masks.as_mut(), batch.masks.as_ref()) {
             all.extend_from_slice(m);
         }
+        done += batch.paths.len() as u64;
         out.paths.extend(batch.paths);
         out.defects.extend(batch.defects);
+        progress(&Progress {
+            done,
+            total: samples.len() as u64,
+            epoch: None,
+            loss: None,
+            images_per_sec: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        });
     }
-    bar.finish_and_clear();
     out.skipped = loader.skipped();
     if out.is_empty() {
         return Err(ModelError::Config(format!(

@@ -19,7 +19,6 @@ fn config(checkpoint: &Path, epochs: usize) -> TrainConfig {
         epochs,
         batch_size: 2,
         checkpoint_every: 1,
-        progress: false,
         interrupt: Interrupt::Never,
         ..TrainConfig::new(checkpoint)
     }
@@ -141,11 +140,18 @@ fn a_run_stopped_mid_epoch_resumes_to_the_same_weights() {
     assert!(loaded.optimizer_state.contains_key(PARTIAL_EPOCH_TENSOR));
 
     let mut resumed = Fit::resume(&part, &Device::Cpu, config(&part, 2)).unwrap();
-    let report = resumed.run(&data.train).unwrap();
+    let mut reports = Vec::new();
+    let report = resumed
+        .run_with(&data.train, &mut |p| reports.push(*p))
+        .unwrap();
     assert_eq!(
         (report.epochs_done, report.partial_steps, report.steps),
         (2, 0, 4)
     );
+    // One report per step run by this call, counted against the steps left.
+    let seen: Vec<_> = reports.iter().map(|p| (p.done, p.total, p.epoch)).collect();
+    assert_eq!(seen, [(1, 1, Some((2, 2)))]);
+    assert!(reports[0].loss.is_some_and(f64::is_finite) && reports[0].images_per_sec > 0.0);
     assert_same_student(a.model(), resumed.model());
     // The epoch mean covers the steps before the stop too.
     assert_eq!(report.final_loss, straight_report.final_loss);

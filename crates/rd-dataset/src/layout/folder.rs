@@ -1,7 +1,8 @@
-//! A generic folder dataset: a folder of normal images, and optionally a folder of abnormal
-//! images, a folder of their masks (paired by file stem: `x.png` goes with `x.png` or
-//! `x_mask.png`), a folder of normal test images, and a held-out share of the normal images
-//! used for testing (drawn deterministically from a seed).
+//! A generic folder dataset, like anomalib's `Folder`: a folder of normal images, and optionally
+//! a folder of normal test images, folders of abnormal images (one per defect type, named after
+//! the folder) and, in the same order, folders of their masks (paired by file stem: `x.png` goes
+//! with `x.png` or `x_mask.png`). Without a folder of normal test images, a share of the normal
+//! images can be held out for testing (drawn deterministically from a seed).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,13 +16,16 @@ use crate::rng::SplitMix64;
 pub struct FolderConfig {
     /// Images of good parts (training, and testing for the held-out share).
     pub normal_dir: PathBuf,
-    /// Images of defective parts (test only).
-    pub abnormal_dir: Option<PathBuf>,
-    /// Masks of the abnormal images, paired by stem (`x.png` or `x_mask.png`).
-    pub mask_dir: Option<PathBuf>,
-    /// Extra images of good parts used for testing only.
+    /// Folders of images of defective parts (test only), one per defect type; each folder's
+    /// name is its defect type.
+    pub abnormal_dirs: Vec<PathBuf>,
+    /// Masks of the abnormal images, one folder per abnormal folder in the same order, paired by
+    /// stem (`x.png` or `x_mask.png`); empty for a dataset without masks.
+    pub mask_dirs: Vec<PathBuf>,
+    /// Images of good parts used for testing only (anomalib's `normal_test_dir`).
     pub normal_test_dir: Option<PathBuf>,
-    /// Share of `normal_dir` held out for testing, in `[0, 1)`.
+    /// Share of `normal_dir` held out for testing, in `[0, 1)`; must be 0 with
+    /// `normal_test_dir`.
     pub normal_test_share: f64,
     /// Seed of the held-out draw.
     pub seed: u64,
@@ -32,28 +36,45 @@ impl FolderConfig {
     pub fn new(normal_dir: impl Into<PathBuf>) -> Self {
         FolderConfig {
             normal_dir: normal_dir.into(),
-            abnormal_dir: None,
-            mask_dir: None,
+            abnormal_dirs: Vec::new(),
+            mask_dirs: Vec::new(),
             normal_test_dir: None,
             normal_test_share: 0.0,
             seed: 0,
         }
     }
+
+    /// Checks that the options fit together, before any folder is read.
+    fn validate(&self) -> Result<()> {
+        let share = self.normal_test_share;
+        if !(0.0..1.0).contains(&share) {
+            return Err(DatasetError::InvalidConfig(format!(
+                "normal_test_share must be in [0, 1), got {share}"
+            )));
+        }
+        if let (Some(dir), true) = (&self.normal_test_dir, share > 0.0) {
+            return Err(DatasetError::InvalidConfig(format!(
+                "good test images come from {}, so no share of the training images is held out \
+                 as well: set the share to 0 or drop the folder of good test images",
+                dir.display()
+            )));
+        }
+        if !self.mask_dirs.is_empty() && self.mask_dirs.len() != self.abnormal_dirs.len() {
+            return Err(DatasetError::InvalidConfig(format!(
+                "{} mask folder(s) for {} abnormal folder(s): give one mask folder per abnormal \
+                 folder, in the same order, or none",
+                self.mask_dirs.len(),
+                self.abnormal_dirs.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Lists a folder dataset.
 pub fn load(config: &FolderConfig) -> Result<Splits> {
+    config.validate()?;
     let share = config.normal_test_share;
-    if !(0.0..1.0).contains(&share) {
-        return Err(DatasetError::InvalidConfig(format!(
-            "normal_test_share must be in [0, 1), got {share}"
-        )));
-    }
-    if config.mask_dir.is_some() && config.abnormal_dir.is_none() {
-        return Err(DatasetError::InvalidConfig(
-            "a mask folder was given without a folder of abnormal images".into(),
-        ));
-    }
     let normals = list_images_nonempty(&config.normal_dir)?;
     let mut held_out = vec![false; normals.len()];
     if share > 0.0 {
@@ -84,13 +105,13 @@ pub fn load(config: &FolderConfig) -> Result<Splits> {
             .test
             .extend(list_images_nonempty(dir)?.into_iter().map(Sample::normal));
     }
-    if let Some(dir) = &config.abnormal_dir {
+    for (k, dir) in config.abnormal_dirs.iter().enumerate() {
         let defect = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "abnormal".into());
         let images = list_images_nonempty(dir)?;
-        let masks = match &config.mask_dir {
+        let masks = match config.mask_dirs.get(k) {
             Some(mask_dir) => pair_by_stem(&images, mask_dir)?
                 .into_iter()
                 .map(Some)

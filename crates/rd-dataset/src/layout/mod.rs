@@ -4,9 +4,11 @@
 //! validation. Nothing is decoded here; only paths are listed and paired, so problems such as a
 //! missing mask are reported before training starts.
 //!
-//! * [`mvtec`]: MVTec AD (`<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}`).
+//! * [`mvtec`]: MVTec AD (`<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}`;
+//!   `ground_truth/` optional).
 //! * [`visa`]: VisA, raw release with `split_csv/1cls.csv` or anomalib's converted `visa_pytorch`.
-//! * [`folder`]: a folder of normal images with optional abnormal images and masks.
+//! * [`folder`]: a folder of normal images with optional good test images, folders of abnormal
+//!   images (one per defect type) and their masks.
 
 pub mod folder;
 pub mod mvtec;

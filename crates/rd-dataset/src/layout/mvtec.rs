@@ -9,6 +9,10 @@
 //!
 //! Masks are paired with the images of each defect folder by sorted path, and each image's stem
 //! must be contained in its mask's stem, as anomalib checks.
+//!
+//! Without a `ground_truth/` folder the category is classification-only, as most inspection data
+//! is and as anomalib treats it: defect images get no mask, and only image-level metrics apply.
+//! Once `ground_truth/` exists, every defect image needs its mask.
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +49,11 @@ pub fn load(root: &Path, category: &str) -> Result<Splits> {
     load_category_dir(&dir)
 }
 
-/// Lists one category folder (the folder that holds `train/`, `test/` and `ground_truth/`).
+/// Name of the folder of ground-truth masks, beside `train/` and `test/`.
+pub const GROUND_TRUTH: &str = "ground_truth";
+
+/// Lists one category folder (the folder that holds `train/`, `test/` and, optionally,
+/// `ground_truth/`).
 pub fn load_category_dir(dir: &Path) -> Result<Splits> {
     let train_dir = dir.join("train").join(GOOD);
     if !train_dir.is_dir() {
@@ -66,6 +74,8 @@ pub fn load_category_dir(dir: &Path) -> Result<Splits> {
             what: "the test images (test/good and test/<defect>)".into(),
         });
     }
+    let ground_truth = dir.join(GROUND_TRUTH);
+    let has_masks = ground_truth.is_dir();
     let mut test = Vec::new();
     for defect in list_subdirs(&test_dir)? {
         let images = list_images(&test_dir.join(&defect))?;
@@ -73,11 +83,18 @@ pub fn load_category_dir(dir: &Path) -> Result<Splits> {
             test.extend(images.into_iter().map(Sample::normal));
             continue;
         }
-        let masks = pair_masks(&images, &dir.join("ground_truth").join(&defect))?;
+        let masks: Vec<Option<PathBuf>> = if has_masks {
+            pair_masks(&images, &ground_truth.join(&defect))?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; images.len()]
+        };
         test.extend(images.into_iter().zip(masks).map(|(image, mask)| Sample {
             image,
             label: Label::Anomalous,
-            mask: Some(mask),
+            mask,
             defect: defect.clone(),
         }));
     }

@@ -162,7 +162,7 @@ fn jpeg_with_orientation(rgb: &[u8], width: u32, height: u32, orientation: u16) 
 }
 
 #[test]
-fn exif_orientation_is_applied() {
+fn exif_orientation_is_applied_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     // 16 x 8: left half red, right half blue.
     let rgb: Vec<u8> = (0..8)
@@ -171,8 +171,12 @@ fn exif_orientation_is_applied() {
     let p = dir.path().join("rot.jpg");
     write(&p, &jpeg_with_orientation(&rgb, 16, 8, 6)); // 6: rotate 90 degrees clockwise
     assert_eq!(read_dimensions(&p).unwrap(), (16, 8)); // stored size
+    let rotate = LoadOptions {
+        apply_orientation: true,
+        ..LoadOptions::default()
+    };
 
-    let img = load_rgb(&p, &LoadOptions::default()).unwrap();
+    let img = load_rgb(&p, &rotate).unwrap();
     assert_eq!((img.height, img.width), (16, 8));
     // The left (red) half is now on top, the right (blue) half at the bottom.
     assert!(
@@ -182,18 +186,16 @@ fn exif_orientation_is_applied() {
     );
     assert!(img.get(2, 12, 4) > 0.85 && img.get(0, 12, 4) < 0.15);
 
-    let opts = LoadOptions {
-        apply_orientation: false,
-        ..LoadOptions::default()
-    };
-    let raw = load_rgb(&p, &opts).unwrap();
+    // By default the tag is ignored, as anomalib (PIL `Image.open`) ignores it.
+    assert!(!LoadOptions::default().apply_orientation);
+    let raw = load_rgb(&p, &LoadOptions::default()).unwrap();
     assert_eq!((raw.height, raw.width), (8, 16));
     assert!(raw.get(0, 4, 3) > 0.85 && raw.get(2, 4, 12) > 0.85);
 
     // Orientation 3: rotate 180 degrees: red ends up on the right.
     let p3 = dir.path().join("rot180.jpg");
     write(&p3, &jpeg_with_orientation(&rgb, 16, 8, 3));
-    let img = load_rgb(&p3, &LoadOptions::default()).unwrap();
+    let img = load_rgb(&p3, &rotate).unwrap();
     assert_eq!((img.height, img.width), (8, 16));
     assert!(img.get(0, 4, 12) > 0.85 && img.get(2, 4, 3) > 0.85);
 }

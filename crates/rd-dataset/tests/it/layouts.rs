@@ -87,10 +87,48 @@ fn mvtec_missing_mask_names_image_and_expected_mask() {
         "{msg}"
     );
 
-    // No ground_truth folder at all.
-    std::fs::remove_dir_all(c.join("ground_truth")).unwrap();
+    // A ground_truth folder without the defect type's folder: still every image needs a mask.
+    std::fs::remove_dir_all(c.join("ground_truth/crack")).unwrap();
     let err = mvtec::load(dir.path(), "bottle").unwrap_err();
-    assert!(matches!(err, DatasetError::MissingMask { .. }), "{err:?}");
+    match &err {
+        DatasetError::MissingMask { image, .. } => {
+            assert_eq!(image, &c.join("test/crack/000.png"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mvtec_without_ground_truth_is_classification_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = mvtec_tree(dir.path(), "solar");
+    std::fs::remove_dir_all(c.join("ground_truth")).unwrap();
+    let s = mvtec::load(dir.path(), "solar").unwrap();
+    assert_eq!(s.train.len(), 3);
+    assert_eq!(
+        names(&s.test),
+        [
+            "crack/000.png",
+            "crack/001.png",
+            "good/000.png",
+            "good/001.png"
+        ]
+    );
+    let labels: Vec<Label> = s.test.iter().map(|x| x.label).collect();
+    assert_eq!(
+        labels,
+        [
+            Label::Anomalous,
+            Label::Anomalous,
+            Label::Normal,
+            Label::Normal
+        ]
+    );
+    assert_eq!(s.test[0].defect, "crack");
+    assert!(s.test.iter().all(|x| x.mask.is_none()), "{:?}", s.test);
+    // A defect image without mask preprocesses to an all-zero mask when one is asked for.
+    let p = Preprocess::new(4, 4).sample(&s.test[0], true).unwrap();
+    assert_eq!(p.mask.unwrap().data, vec![0; 16]);
 }
 
 #[test]
@@ -356,8 +394,8 @@ fn folder_dataset_with_held_out_normals_and_masks() {
     assert_eq!(s.train.len(), 10);
     assert!(s.test.is_empty());
 
-    cfg.abnormal_dir = Some(root.join("scratch"));
-    cfg.mask_dir = Some(root.join("masks"));
+    cfg.abnormal_dirs = vec![root.join("scratch")];
+    cfg.mask_dirs = vec![root.join("masks")];
     cfg.normal_test_share = 0.3;
     cfg.seed = 11;
     let a = folder::load(&cfg).unwrap();
@@ -400,7 +438,7 @@ fn folder_dataset_with_held_out_normals_and_masks() {
     }
 
     // Bad shares and empty folders.
-    cfg.mask_dir = None;
+    cfg.mask_dirs.clear();
     cfg.normal_test_share = 1.0;
     assert!(matches!(
         folder::load(&cfg),
@@ -415,4 +453,85 @@ fn folder_dataset_with_held_out_normals_and_masks() {
     let err = folder::load(&folder::FolderConfig::new(root.join("none"))).unwrap_err();
     assert!(matches!(err, DatasetError::EmptyFolder { .. }));
     assert!(err.to_string().contains("none"));
+}
+
+#[test]
+fn folder_dataset_with_good_test_folder_and_defect_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for i in 0..4 {
+        write_solid_png(&root.join(format!("train/{i}.png")), 4, 4, [5, 5, 5]);
+    }
+    for i in 0..2 {
+        write_solid_png(&root.join(format!("good_test/g{i}.png")), 4, 4, [5, 5, 5]);
+    }
+    write_solid_png(&root.join("scratch/s0.png"), 4, 4, [0, 0, 0]);
+    write_solid_png(&root.join("dent/d0.png"), 4, 4, [0, 0, 0]);
+    write_solid_png(&root.join("dent/d1.png"), 4, 4, [0, 0, 0]);
+    write_mask_png(&root.join("scratch_masks/s0_mask.png"), 4, 4, &[255; 16]);
+    write_mask_png(&root.join("dent_masks/d0.png"), 4, 4, &[255; 16]);
+    write_mask_png(&root.join("dent_masks/d1.png"), 4, 4, &[255; 16]);
+
+    // Good test images from their own folder: every training image stays for training.
+    let mut cfg = folder::FolderConfig::new(root.join("train"));
+    cfg.normal_test_dir = Some(root.join("good_test"));
+    cfg.abnormal_dirs = vec![root.join("scratch"), root.join("dent")];
+    let s = folder::load(&cfg).unwrap();
+    assert_eq!(s.train.len(), 4);
+    assert_eq!(
+        names(&s.test),
+        [
+            "dent/d0.png",
+            "dent/d1.png",
+            "good_test/g0.png",
+            "good_test/g1.png",
+            "scratch/s0.png"
+        ]
+    );
+    let defects: Vec<&str> = s.test.iter().map(|x| x.defect.as_str()).collect();
+    assert_eq!(defects, ["dent", "dent", "good", "good", "scratch"]);
+    assert!(s.test.iter().all(|x| x.mask.is_none()), "no masks given");
+
+    // Masks in the same order as their abnormal folders.
+    cfg.mask_dirs = vec![root.join("scratch_masks"), root.join("dent_masks")];
+    let s = folder::load(&cfg).unwrap();
+    let masks: Vec<Option<String>> = s
+        .test
+        .iter()
+        .map(|x| {
+            x.mask
+                .as_ref()
+                .map(|m| m.file_name().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    let m = |n: &str| Some(n.to_string());
+    assert_eq!(
+        masks,
+        [m("d0.png"), m("d1.png"), None, None, m("s0_mask.png")]
+    );
+
+    // Swapped mask folders: the first unpaired image is named.
+    cfg.mask_dirs.reverse();
+    let err = folder::load(&cfg).unwrap_err();
+    match &err {
+        DatasetError::MissingMask { image, .. } => assert_eq!(image, &root.join("scratch/s0.png")),
+        other => panic!("{other:?}"),
+    }
+
+    // One mask folder for two abnormal folders.
+    cfg.mask_dirs.truncate(1);
+    let err = folder::load(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, DatasetError::InvalidConfig(m) if m.contains("1 mask folder(s) for 2")),
+        "{err}"
+    );
+
+    // A folder of good test images and a held-out share at once.
+    cfg.mask_dirs.clear();
+    cfg.normal_test_share = 0.25;
+    let err = folder::load(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, DatasetError::InvalidConfig(m) if m.contains("good_test")),
+        "{err}"
+    );
 }
