@@ -70,33 +70,28 @@ impl Reporter {
 
     fn show(&mut self, done: u64, epoch: Option<(usize, usize)>, loss: Option<f64>, rate: f64) {
         self.done = done;
-        let mut detail = Vec::new();
-        if let Some((e, n)) = epoch {
-            detail.push(format!("epoch {e}/{n}"));
-        }
-        if let Some(l) = loss {
-            detail.push(format!("loss {l:.4}"));
-        }
-        detail.push(format!("{rate:.1} img/s"));
+        let epoch = epoch.map(|(e, n)| format!("epoch {e}/{n}"));
+        let after: Vec<String> = loss
+            .map(|l| format!("loss {l:.4}"))
+            .into_iter()
+            .chain([format!("{rate:.1} img/s")])
+            .collect();
         match &mut self.output {
             Output::Bar(bar) => {
                 bar.set_length(self.total);
                 bar.set_position(done);
-                bar.set_message(detail.join("  "));
+                let all: Vec<String> = epoch.into_iter().chain(after).collect();
+                bar.set_message(all.join("  "));
             }
             Output::Lines { last } => {
                 if last.elapsed() < HEARTBEAT {
                     return;
                 }
                 *last = Instant::now();
-                eprintln!(
-                    "{}: {} {done}/{}, {}, eta {}",
-                    self.what,
-                    self.unit,
-                    self.total,
-                    detail.join(", "),
-                    self.eta()
-                );
+                // e.g. `training: epoch 2/5, step 37/90, loss 0.4123, 12.3 img/s, eta 1m20s`
+                let count = format!("{} {done}/{}", self.unit, self.total);
+                let all: Vec<String> = epoch.into_iter().chain([count]).chain(after).collect();
+                eprintln!("{}: {}, eta {}", self.what, all.join(", "), self.eta());
             }
             Output::Hidden => {}
         }
