@@ -155,7 +155,7 @@ fn train_evaluate_and_predict_on_synthetic_data() {
 }
 
 /// `rd train` options for a one-epoch run on the tiny data at 64 px, writing `model`.
-fn quick_train<'a>(model: &'a str) -> Vec<&'a str> {
+fn quick_train(model: &str) -> Vec<&str> {
     vec![
         "train",
         "--backbone",
