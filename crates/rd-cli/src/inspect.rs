@@ -108,6 +108,15 @@ fn print_text(r: &Report) {
         ),
     );
     row(
+        "EXIF orientation",
+        if m.exif_orientation {
+            "applied (images turned upright by their tag)"
+        } else {
+            "ignored, as anomalib does"
+        }
+        .to_string(),
+    );
+    row(
         "anomaly map",
         format!("{}, Gaussian blur σ {}", m.map_mode, m.blur_sigma),
     );
