@@ -17,6 +17,16 @@ use anyhow::{bail, Context, Result};
 
 use crate::workspace_root;
 
+/// What `cargo run` sets for the program it runs (besides `CARGO_PKG_*`), to keep away from the
+/// nested build.
+const RUN_TARGET_VARS: [&str; 5] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
 /// The rd binary once built in this process.
 static RD: OnceLock<PathBuf> = OnceLock::new();
 
@@ -52,7 +62,17 @@ fn build_rd() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let profile = own_profile();
     eprintln!("building rd (cargo build --profile {profile} -p rd-cli -p xtask)");
-    let mut child = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // `cargo run` describes xtask to it in CARGO_PKG_* and CARGO_MANIFEST_*; build scripts that
+    // watch those names (ring's does) would see them changed since xtask's own build and
+    // rebuild, and everything above them with them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if RUN_TARGET_VARS.contains(&name.as_ref()) || name.starts_with("CARGO_PKG_") {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let mut child = command
         .current_dir(workspace_root())
         .args([
             "build",
