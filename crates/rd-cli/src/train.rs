@@ -51,7 +51,7 @@ Examples:
   rd train --data data/synthetic --category fabric --backbone resnet18 --image-size 128 --epochs 20 \\
            --allow-random-teacher -o fabric.safetensors
   rd train --layout folder --data good_parts/ --validation holdout:0.2 -o line3.safetensors
-  rd train --layout folder --data line3/train_good --normal-test-dir line3/test_good \
+  rd train --layout folder --data line3/train_good --normal-test-dir line3/test_good \\
            --abnormal-dir line3/scratch --abnormal-dir line3/dent -o line3.safetensors
   rd train ... --resume bottle.checkpoint.safetensors     # continue an interrupted run
 
