@@ -117,21 +117,44 @@ impl App {
     /// Runs `work` if there is room (else 503 at once) within the request timeout (else 504).
     /// Blocking work keeps a clone of the guard, so a timed-out request's decoding still counts
     /// until it stops.
-    pub async fn admitted<T, F>(&self, work: impl FnOnce(Arc<InFlightGuard>) -> F) -> Result<T>
+    pub async fn admitted<T, F>(
+        &self,
+        req: Request,
+        work: impl FnOnce(Arc<InFlightGuard>, Request) -> F,
+    ) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| ServeError::Overloaded(self.config.queue))?;
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            self.discard_body(req).await;
+            return Err(ServeError::Overloaded(self.config.queue));
+        };
         self.metrics.in_flight.inc();
         let guard = Arc::new(InFlightGuard {
             metrics: self.metrics.clone(),
             _permit: permit,
         });
-        tokio::time::timeout(self.config.request_timeout, work(guard))
+        tokio::time::timeout(self.config.request_timeout, work(guard, req))
             .await
             .map_err(|_| ServeError::Timeout(self.config.request_timeout))?
+    }
+
+    /// Reads and drops a refused request's body (bounded in bytes and time), so the client,
+    /// still sending it, reads the 503 instead of a reset connection. Nothing is kept.
+    async fn discard_body(&self, req: Request) {
+        use http_body_util::BodyExt;
+        let limit = self.config.max_body_bytes;
+        let mut body = req.into_body();
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > limit {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     }
 
     /// Counts and times an answered request.
@@ -143,7 +166,7 @@ impl App {
         result: Result<Response>,
     ) -> Response {
         let response = result.unwrap_or_else(|e| {
-            if e.status().is_server_error() {
+            if e.status().is_server_error() && !matches!(e, ServeError::Overloaded(_)) {
                 tracing::warn!(endpoint, model, error = %e, "request failed");
             }
             e.into_response()
@@ -337,7 +360,7 @@ async fn predict_inner(
     let model = app.model(name)?;
     let Query(query) = query.map_err(|e| ServeError::BadRequest(e.body_text()))?;
     let wanted = Wanted::parse(query.outputs.as_deref())?;
-    app.admitted(|guard| async move {
+    app.admitted(req, |guard, req| async move {
         let (headers, body) = app.body(req).await?;
         let bytes = image_bytes(&headers, body).await?;
         let options = app.load_options();

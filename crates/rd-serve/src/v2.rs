@@ -146,7 +146,7 @@ pub(crate) async fn infer(
 
 async fn infer_inner(app: &Arc<App>, name: &str, req: Request) -> Result<Response> {
     let model = app.model(name)?;
-    app.admitted(|guard| async move {
+    app.admitted(req, |guard, req| async move {
         let (_, body) = app.body(req).await?;
         let options = app.load_options();
         let m = Arc::clone(&model);
