@@ -29,6 +29,8 @@ enum Command {
     Eval(xtask::eval::EvalArgs),
     /// Time inference, training and start-up (optionally against anomalib with --torch-python).
     Bench(xtask::bench::BenchArgs),
+    /// Install the CUDA 13.0 toolkit from PyPI wheels for `--features cuda` (no GPU needed).
+    CudaToolkit(xtask::cuda_toolkit::CudaToolkitArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Train(args) => xtask::train::run(args),
         Command::Eval(args) => xtask::eval::run(args),
         Command::Bench(args) => xtask::bench::run(args),
+        Command::CudaToolkit(args) => xtask::cuda_toolkit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
