@@ -216,7 +216,12 @@ fn install(args: &CudaToolkitArgs, dir: &Path) -> Result<PathBuf> {
 
 /// The files of `toolkit` that the build needs and are not there.
 fn missing_files(toolkit: &Path) -> Vec<String> {
-    let files = ["bin/nvcc", "nvvm/bin/cicc", "include/cuda.h", "include/cuda_runtime.h"];
+    let files = [
+        "bin/nvcc",
+        "nvvm/bin/cicc",
+        "include/cuda.h",
+        "include/cuda_runtime.h",
+    ];
     let mut missing: Vec<String> = files
         .iter()
         .filter(|f| !toolkit.join(f).is_file())
@@ -422,4 +427,141 @@ fn build(env: &BuildEnv, root: &Path) -> Result<()> {
         env.cuda_root.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_driver_functions_in_preprocessed_c() {
+        let c = "typedef struct CUctx_st *CUcontext;\n\
+                 typedef void (*CUhostFn)(void *userData);\n\
+                 CUresult cuInit(unsigned int Flags);\n\
+                 CUresult  cuMemAlloc_v2 (CUdeviceptr *dptr,\n size_t bytesize);\n\
+                 int cudaMalloc(void **p); int cuda(int); CUresult cuCtxGetDevice;";
+        let names: Vec<_> = entry_points(c).into_iter().collect();
+        assert_eq!(names, ["cuInit", "cuMemAlloc_v2"]);
+    }
+
+    #[test]
+    fn stub_compiles_with_the_driver_soname() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["cuInit", "cuGetErrorString", "cuDeviceGetCount"]
+            .map(String::from)
+            .into_iter()
+            .collect();
+        let src = stub_source(&names, Path::new("cuda.h"));
+        // The error-text functions are written out once, not also as plain stubs.
+        assert_eq!(src.matches("cuGetErrorString(").count(), 1);
+        assert!(src.contains("int cuInit(void) { return STUB_ERROR; }"));
+        let c = dir.path().join("stub.c");
+        let so = dir.path().join("libcuda.so");
+        fs::write(&c, src).unwrap();
+        stub::compile("cc", &c, &so).unwrap();
+        let bytes = fs::read(&so).unwrap();
+        let has = |s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+        assert!(has(SONAME), "no SONAME in the stub");
+        assert!(has("cuDeviceGetCount") && has("cuGetErrorName"));
+    }
+
+    #[test]
+    fn links_each_versioned_library_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path();
+        for f in [
+            "libcudart.so.13",
+            "libnvrtc-builtins.so.13.0",
+            "libcublas.so",
+            "notes.txt",
+        ] {
+            fs::write(lib.join(f), b"").unwrap();
+        }
+        fs::write(lib.join("libcublas.so.13"), b"").unwrap();
+        assert_eq!(link_unversioned(lib).unwrap(), 2);
+        assert_eq!(
+            fs::read_link(lib.join("libcudart.so")).unwrap(),
+            Path::new("libcudart.so.13")
+        );
+        assert_eq!(
+            fs::read_link(lib.join("libnvrtc-builtins.so")).unwrap(),
+            Path::new("libnvrtc-builtins.so.13.0")
+        );
+        // An existing file keeps its place, and a second run has nothing to do.
+        assert!(fs::read_link(lib.join("libcublas.so")).is_err());
+        assert_eq!(link_unversioned(lib).unwrap(), 0);
+    }
+
+    #[test]
+    fn exports_quote_the_root_and_keep_existing_paths() {
+        let env = BuildEnv {
+            cuda_root: PathBuf::from("/opt/it's/cu13"),
+            compute_cap: 90,
+        };
+        let ex = env.exports();
+        assert!(ex.starts_with("export CUDA_ROOT='/opt/it'\\''s/cu13'\n"));
+        assert!(ex.contains("export CUDA_COMPUTE_CAP=90\n"));
+        let vars = env.vars(Some("/usr/bin"), None);
+        let get = |k: &str| &vars.iter().find(|(n, _)| n == k).unwrap().1;
+        assert_eq!(get("PATH"), "/opt/it's/cu13/bin:/usr/bin");
+        assert_eq!(
+            get("LIBRARY_PATH"),
+            "/opt/it's/cu13/lib/stubs:/opt/it's/cu13/lib"
+        );
+        assert_eq!(get("CUDA_PATH"), "/opt/it's/cu13");
+    }
+
+    /// The toolkit-free guard for `--features cuda`/`metal`: candle's build scripts need nvcc
+    /// even for `cargo check`, but whether every crate forwards the features is in the manifests.
+    #[test]
+    fn every_crate_forwards_the_gpu_features() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(crate::workspace_root())
+            .args([
+                "metadata",
+                "--no-deps",
+                "--offline",
+                "--format-version",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let packages = meta["packages"].as_array().unwrap();
+        let has_gpu: std::collections::BTreeSet<&str> = packages
+            .iter()
+            .filter(|p| p["features"].get("cuda").is_some())
+            .filter_map(|p| p["name"].as_str())
+            .chain(["candle-core", "candle-nn"])
+            .collect();
+        let mut missing = Vec::new();
+        for p in packages {
+            let name = p["name"].as_str().unwrap();
+            for dep in p["dependencies"].as_array().unwrap() {
+                let is_dev = dep["kind"].as_str() == Some("dev");
+                let dep = dep["name"].as_str().unwrap();
+                // Other crates' tests use rd-tests for its helpers only; its own GPU feature is
+                // for its parity tests.
+                if !has_gpu.contains(dep) || (is_dev && dep == "rd-tests") {
+                    continue;
+                }
+                for feature in ["cuda", "metal"] {
+                    let wanted = format!("{dep}/{feature}");
+                    let forwards = p["features"][feature]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|v| v.as_str() == Some(wanted.as_str())));
+                    if !forwards {
+                        missing.push(format!("{name}: {feature} lacks {wanted}"));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }

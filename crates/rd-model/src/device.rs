@@ -1,0 +1,80 @@
+//! Where the model runs: `cpu`, `cuda`, `cuda:N` or `metal`, as the command-line tools spell it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::{ModelError, Result};
+
+/// A device by name; [`DeviceSpec::open`] turns it into a Candle [`Device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The CPU (all cores; `RAYON_NUM_THREADS` limits them).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by index (needs a build with `--features cuda`).
+    Cuda(usize),
+    /// The Apple GPU (needs a build with `--features metal`).
+    Metal,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            "metal" => Ok(DeviceSpec::Metal),
+            other => match other.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device `{s}`: use cpu, cuda, cuda:N or metal"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Whether this program was compiled with support for the device (the CPU always is).
+    pub fn is_built(self) -> bool {
+        match self {
+            DeviceSpec::Cpu => true,
+            DeviceSpec::Cuda(_) => candle_core::utils::cuda_is_available(),
+            DeviceSpec::Metal => candle_core::utils::metal_is_available(),
+        }
+    }
+
+    /// Opens the device: an error says how to get support compiled in when it is missing, or
+    /// that the device is not there.
+    pub fn open(self) -> Result<Device> {
+        if !self.is_built() {
+            let (name, feature) = match self {
+                DeviceSpec::Metal => ("Metal", "metal"),
+                _ => ("CUDA", "cuda"),
+            };
+            return Err(ModelError::DeviceNotBuilt { name, feature });
+        }
+        let opened = match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => Device::new_cuda(n),
+            DeviceSpec::Metal => Device::new_metal(0),
+        };
+        opened.map_err(|source| ModelError::DeviceOpen {
+            device: self,
+            source: Box::new(source),
+        })
+    }
+}
