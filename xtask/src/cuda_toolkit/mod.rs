@@ -22,8 +22,9 @@ pub use stub::{entry_points, header_entry_points, source as stub_source, SONAME}
 
 /// What `pip` installs. 13.0 exactly: the GPU machines' driver is CUDA 13.0 (580.x), which may
 /// not load PTX from a newer nvcc, and pip would otherwise pull the newest `nvidia-nvvm`.
+/// `cccl` brings `<nv/target>`, which `cuda_fp16.h` includes (candle's kernels fail without it).
 pub const REQUIREMENTS: [&str; 2] = [
-    "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc]==13.0.*",
+    "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.0.*",
     "nvidia-nvvm==13.0.*",
 ];
 
@@ -221,6 +222,7 @@ fn missing_files(toolkit: &Path) -> Vec<String> {
         "nvvm/bin/cicc",
         "include/cuda.h",
         "include/cuda_runtime.h",
+        "include/nv/target",
     ];
     let mut missing: Vec<String> = files
         .iter()
