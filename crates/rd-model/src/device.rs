@@ -78,3 +78,38 @@ impl DeviceSpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_every_spelling() {
+        for (s, want) in [
+            ("cpu", DeviceSpec::Cpu),
+            ("CUDA", DeviceSpec::Cuda(0)),
+            ("gpu", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+            ("metal", DeviceSpec::Metal),
+        ] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap(), want, "{s}");
+        }
+        assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
+        for bad in ["cuda:", "cuda:x", "tpu", ""] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(err.contains("cpu, cuda, cuda:N or metal"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_device_not_compiled_in_says_which_feature_to_build() {
+        assert!(matches!(DeviceSpec::Cpu.open(), Ok(Device::Cpu)));
+        for (spec, feature) in [(DeviceSpec::Cuda(0), "cuda"), (DeviceSpec::Metal, "metal")] {
+            if spec.is_built() {
+                continue;
+            }
+            let err = spec.open().unwrap_err().to_string();
+            assert!(err.contains(&format!("--features {feature}")), "{err}");
+        }
+    }
+}
