@@ -72,10 +72,19 @@ impl DeviceSpec {
             DeviceSpec::Cuda(n) => Device::new_cuda(n),
             DeviceSpec::Metal => Device::new_metal(0),
         };
-        opened.map_err(|source| ModelError::DeviceOpen {
+        opened.map_err(|e| ModelError::DeviceOpen {
             device: self,
-            source: Box::new(source),
+            reason: without_backtrace(e),
         })
+    }
+}
+
+/// Candle's message alone: with `RUST_BACKTRACE` set, its errors carry a backtrace that reads as
+/// a crash in a message meant for users.
+fn without_backtrace(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        e => e.to_string(),
     }
 }
 
@@ -99,6 +108,15 @@ mod tests {
             let err = bad.parse::<DeviceSpec>().unwrap_err();
             assert!(err.contains("cpu, cuda, cuda:N or metal"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn device_errors_drop_candles_backtrace() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("no GPU".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(without_backtrace(e), "no GPU");
     }
 
     #[test]

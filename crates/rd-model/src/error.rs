@@ -39,12 +39,12 @@ pub enum ModelError {
     },
 
     /// The device is compiled in but cannot be opened (no GPU, no driver, a bad index).
-    #[error("cannot open {device} (is there such a GPU, with its driver?): {source}")]
+    #[error("cannot open {device} (is there such a GPU, with its driver?): {reason}")]
     DeviceOpen {
         /// The device asked for.
         device: crate::DeviceSpec,
-        /// Candle's reason.
-        source: Box<candle_core::Error>,
+        /// Candle's reason, without the backtrace it adds when `RUST_BACKTRACE` is set.
+        reason: String,
     },
 
     /// Images could not be listed, read or decoded.
