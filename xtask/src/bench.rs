@@ -17,7 +17,7 @@ use clap::Args;
 use rd_anomaly_map::MapMode;
 use rd_backbone::{Backbone, Teacher};
 use rd_model::{
-    AdamConfig, ModelConfig, ModelMeta, ReverseDistillation, Student, Trainer, Variant,
+    AdamConfig, DeviceSpec, ModelConfig, ModelMeta, ReverseDistillation, Student, Trainer, Variant,
 };
 use serde_json::{json, Value};
 
@@ -36,13 +36,17 @@ pub struct BenchArgs {
         default_value = "resnet18,wide_resnet50_2"
     )]
     pub backbones: Vec<String>,
-    /// Row kinds to measure (comma-separated): infer1, infer8, train8, startup.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "infer1,infer8,train8,startup"
-    )]
-    pub rows: Vec<String>,
+    /// Row kinds to measure (comma-separated): inferN and trainN (N images a batch), startup
+    /// [default: infer1,infer8,train8,startup on the CPU; infer1,infer32,train16 on a GPU].
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Option<Vec<String>>,
+    /// Where both sides run: cpu, cuda, cuda:N or metal (ours needs an xtask built with that
+    /// feature, e.g. `--features cuda`; anomalib's side uses torch's device of that name).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// The `rd` binary for the start-up row [default: the one beside this xtask].
+    #[arg(long, value_name = "PATH")]
+    pub rd: Option<PathBuf>,
     /// Image size (square).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -83,6 +87,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
     }
     let root = crate::workspace_root();
+    if cfg!(debug_assertions) && args.device != DeviceSpec::Cpu {
+        bail!(
+            "--device {} needs release binaries built with its feature: for CUDA, \
+             `cargo xtask cuda-toolkit --build`, `cargo build --release -p xtask --features cuda` \
+             with the same environment, then target/cuda/release/xtask bench --device {} …",
+            args.device,
+            args.device
+        );
+    }
     if cfg!(debug_assertions) {
         eprintln!("building release binaries (rd, xtask)…");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -181,24 +194,42 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// One side's result for a row: all timed iterations and the largest peak RSS seen.
+/// One side's result for a row: all timed iterations and the largest memory figures seen.
 #[derive(Debug, Default, Clone)]
 struct Side {
     times: Vec<f64>,
     rss_kb: u64,
+    /// Peak GPU memory in use while the worker ran, above what was in use before (nvidia-smi).
+    gpu_mib: Option<f64>,
+    /// `torch.cuda.max_memory_allocated`: what PyTorch's allocator handed out at most.
+    allocated_mib: Option<f64>,
 }
 
 impl Side {
-    fn add(&mut self, v: &Value) -> Result<()> {
+    fn add(&mut self, v: &Value, gpu_mib: Option<f64>) -> Result<()> {
         let times = v["times_s"]
             .as_array()
             .context("worker output without times_s")?;
         self.times.extend(times.iter().filter_map(Value::as_f64));
         self.rss_kb = self.rss_kb.max(v["peak_rss_kb"].as_u64().unwrap_or(0));
+        let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.gpu_mib = max(self.gpu_mib, gpu_mib);
+        self.allocated_mib = max(self.allocated_mib, v["max_allocated_mib"].as_f64());
         Ok(())
     }
-    fn json(&self) -> Value {
-        json!({"median_s": median(&self.times), "times_s": self.times, "peak_rss_kb": self.rss_kb})
+    fn json(&self, batch: Option<usize>) -> Value {
+        let median = median(&self.times);
+        json!({
+            "median_s": median,
+            "images_per_s": batch.map(|b| b as f64 / median),
+            "times_s": self.times,
+            "peak_rss_kb": self.rss_kb,
+            "gpu_peak_mib": self.gpu_mib,
+            "max_allocated_mib": self.allocated_mib,
+        })
     }
 }
 
@@ -303,85 +334,168 @@ pub(crate) fn write_bmp(path: &Path, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowKind {
+    /// Eval-mode anomaly maps and scores of a batch of this many images.
+    Infer(usize),
+    /// One training step (forward, loss, backward, Adam) on a batch of this many images.
+    Train(usize),
+    /// A whole `rd predict` process, from spawn to exit.
+    Startup,
+}
+
+impl std::str::FromStr for RowKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let batch = |n: &str| -> Result<usize> {
+            match n.parse() {
+                Ok(b) if b > 0 => Ok(b),
+                _ => bail!("bad batch size in row kind `{s}` (e.g. infer8, train16)"),
+            }
+        };
+        if s == "startup" {
+            Ok(RowKind::Startup)
+        } else if let Some(n) = s.strip_prefix("infer") {
+            Ok(RowKind::Infer(batch(n)?))
+        } else if let Some(n) = s.strip_prefix("train") {
+            Ok(RowKind::Train(batch(n)?))
+        } else {
+            bail!("unknown row kind `{s}`: use inferN, trainN (N images a batch) or startup")
+        }
+    }
+}
+
+impl std::fmt::Display for RowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowKind::Infer(b) => write!(f, "infer{b}"),
+            RowKind::Train(b) => write!(f, "train{b}"),
+            RowKind::Startup => f.write_str("startup"),
+        }
+    }
+}
+
+impl RowKind {
+    /// The images a timed iteration handles (none for the start-up row, a whole process).
+    fn batch(self) -> Option<usize> {
+        match self {
+            RowKind::Infer(b) | RowKind::Train(b) => Some(b),
+            RowKind::Startup => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Row {
     backbone: String,
-    kind: String,
+    kind: RowKind,
     ours: Side,
     torch: Option<Side>,
 }
 
 impl Row {
     fn label(&self, size: usize) -> String {
-        let what = match self.kind.as_str() {
-            "infer1" => "inference, batch 1".to_string(),
-            "infer8" => "inference, batch 8".to_string(),
-            "train8" => "training step, batch 8".to_string(),
-            "startup" => "start to first score (`rd predict`)".to_string(),
-            k => k.to_string(),
+        let what = match self.kind {
+            RowKind::Infer(b) => format!("inference, batch {b}"),
+            RowKind::Train(b) => format!("training step, batch {b}"),
+            RowKind::Startup => "start to first score (`rd predict`)".to_string(),
         };
         format!("{} {size}² {what}", self.backbone)
     }
 }
 
+/// The rows to run: `--rows`, else the defaults for the device.
+fn row_kinds(args: &BenchArgs) -> Result<Vec<RowKind>> {
+    let default = if args.device == DeviceSpec::Cpu {
+        "infer1,infer8,train8,startup"
+    } else {
+        "infer1,infer32,train16"
+    };
+    match &args.rows {
+        Some(rows) => rows.iter().map(|r| r.parse()).collect(),
+        None => default.split(',').map(|r| r.parse()).collect(),
+    }
+}
+
+/// PyTorch's name for the device.
+fn torch_device(device: DeviceSpec) -> String {
+    match device {
+        DeviceSpec::Metal => "mps".to_string(),
+        d => d.to_string(),
+    }
+}
+
 fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let rd = root.join("target/release/rd");
+    let rd = match &args.rd {
+        Some(rd) => rd.clone(),
+        None => exe.with_file_name("rd"),
+    };
+    let kinds = row_kinds(args)?;
     let tmp = std::env::temp_dir().join(format!("rd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let script = tmp.join("bench_torch.py");
     std::fs::write(&script, TORCH_SCRIPT)?;
     let threads = args.threads;
     let py = args.torch_python.as_deref();
+    let device = args.device.to_string();
+    let gpu = match args.device {
+        DeviceSpec::Cuda(n) => Some(n),
+        _ => None,
+    };
 
     let mut rows: Vec<Row> = Vec::new();
     for backbone in &args.backbones {
         backbone
             .parse::<Backbone>()
             .with_context(|| format!("unknown backbone {backbone}"))?;
-        for kind in &args.rows {
+        for &kind in &kinds {
             let mut row = Row {
                 backbone: backbone.clone(),
-                kind: kind.clone(),
+                kind,
                 ours: Side::default(),
                 torch: py.map(|_| Side::default()),
             };
             eprintln!("== {}", row.label(args.size));
-            if kind == "startup" {
-                startup_row(&mut row, args, &rd, py, &script, &tmp)?;
-            } else {
-                let (mode, batch) = match kind.as_str() {
-                    "infer1" => ("infer", 1),
-                    "infer8" => ("infer", 8),
-                    "train8" => ("train", 8),
-                    k => bail!("unknown row kind {k} (infer1, infer8, train8, startup)"),
-                };
-                for round in 0..args.rounds {
-                    let mut ours = Command::new(&exe);
-                    ours.current_dir(root)
-                        .env("RAYON_NUM_THREADS", threads.to_string())
-                        .args(["bench", "--worker", &format!("{mode}:{backbone}:{batch}")])
-                        .args(["--size", &args.size.to_string()])
-                        .args(["--warmup", &args.warmup.to_string()])
-                        .args(["--runs", &args.runs.to_string()]);
-                    if args.reference {
-                        ours.arg("--reference");
-                    }
-                    let v = last_json_line(&run_captured(ours, "our worker")?)?;
-                    row.ours.add(&v)?;
-                    eprintln!("  round {round}: ours  {:?}", v["times_s"]);
-                    if let (Some(py), Some(side)) = (py, row.torch.as_mut()) {
-                        let mut c = python(py, &script, threads);
-                        c.args([mode, backbone])
-                            .arg(args.size.to_string())
-                            .arg(batch.to_string())
-                            .arg(args.warmup.to_string())
-                            .arg(args.runs.to_string())
-                            .arg(threads.to_string());
-                        let v = last_json_line(&run_captured(c, "the anomalib worker")?)?;
-                        side.add(&v)?;
-                        eprintln!("  round {round}: torch {:?}", v["times_s"]);
-                    }
+            let (mode, batch) = match kind {
+                RowKind::Startup => {
+                    startup_row(&mut row, args, &rd, py, &script, &tmp)?;
+                    rows.push(row);
+                    continue;
+                }
+                RowKind::Infer(b) => ("infer", b),
+                RowKind::Train(b) => ("train", b),
+            };
+            for round in 0..args.rounds {
+                let mut ours = Command::new(&exe);
+                ours.current_dir(root)
+                    .env("RAYON_NUM_THREADS", threads.to_string())
+                    .args(["bench", "--worker", &format!("{mode}:{backbone}:{batch}")])
+                    .args(["--size", &args.size.to_string()])
+                    .args(["--warmup", &args.warmup.to_string()])
+                    .args(["--runs", &args.runs.to_string()])
+                    .args(["--device", &device]);
+                if args.reference {
+                    ours.arg("--reference");
+                }
+                let (out, mem) = watch_gpu(gpu, || run_captured(ours, "our worker"))?;
+                let v = last_json_line(&out)?;
+                row.ours.add(&v, mem)?;
+                eprintln!("  round {round}: ours  {:?}{}", v["times_s"], mem_note(mem));
+                if let (Some(py), Some(side)) = (py, row.torch.as_mut()) {
+                    let mut c = python(py, &script, threads);
+                    c.args([mode, backbone])
+                        .arg(args.size.to_string())
+                        .arg(batch.to_string())
+                        .arg(args.warmup.to_string())
+                        .arg(args.runs.to_string())
+                        .arg(threads.to_string())
+                        .arg(torch_device(args.device));
+                    let (out, mem) = watch_gpu(gpu, || run_captured(c, "the anomalib worker"))?;
+                    let v = last_json_line(&out)?;
+                    side.add(&v, mem)?;
+                    eprintln!("  round {round}: torch {:?}{}", v["times_s"], mem_note(mem));
                 }
             }
             rows.push(row);
@@ -393,6 +507,7 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
     println!("{table}");
     let json = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "device": device,
         "threads": threads,
         "size": args.size,
         "warmup": args.warmup,
@@ -400,9 +515,9 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
         "rounds": args.rounds,
         "rows": rows.iter().map(|r| json!({
             "backbone": r.backbone,
-            "row": r.kind,
-            "ours": r.ours.json(),
-            "anomalib": r.torch.as_ref().map(Side::json),
+            "row": r.kind.to_string(),
+            "ours": r.ours.json(r.kind.batch()),
+            "anomalib": r.torch.as_ref().map(|t| t.json(r.kind.batch())),
             "speedup": r.torch.as_ref().map(|t| median(&t.times) / median(&r.ours.times)),
             "rss_ratio": r.torch.as_ref().map(|t| r.ours.rss_kb as f64 / t.rss_kb.max(1) as f64),
         })).collect::<Vec<_>>(),
@@ -418,6 +533,18 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Runs `f` while sampling GPU `index`'s memory (when there is one to watch).
+fn watch_gpu<T>(index: Option<usize>, f: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
+    let watch = index.and_then(crate::gpu_memory::GpuMemory::start);
+    let out = f()?;
+    Ok((out, watch.and_then(|w| w.finish())))
+}
+
+fn mem_note(mib: Option<f64>) -> String {
+    mib.map(|m| format!(", GPU peak {m:.0} MiB"))
+        .unwrap_or_default()
 }
 
 fn startup_row(
@@ -438,7 +565,7 @@ fn startup_row(
     let image = tmp.join("image.bmp");
     write_bmp(&image, args.size)?;
     let model_path = tmp.join(format!("{}.safetensors", row.backbone));
-    let model = seeded_model(backbone, args.size)?;
+    let model = seeded_model(backbone, args.size, &Device::Cpu)?;
     let meta = ModelMeta::new(model.config(), "seeded");
     model.save(&model_path, &meta, &[])?;
     drop(model);
@@ -459,7 +586,8 @@ fn startup_row(
             .arg(&model_path)
             .arg(&image)
             .arg("--out")
-            .arg(&out);
+            .arg(&out)
+            .args(["--device", &args.device.to_string()]);
         let (wall, rss) = time_process(ours, "rd predict", tmp)?;
         if round > 0 {
             row.ours.times.push(wall);
@@ -471,7 +599,8 @@ fn startup_row(
                 .arg(args.size.to_string())
                 .arg(&torch_weights)
                 .arg(&image)
-                .arg(args.threads.to_string());
+                .arg(args.threads.to_string())
+                .arg(torch_device(args.device));
             let (twall, trss) = time_process(c, "the anomalib start-up", tmp)?;
             if round > 0 {
                 side.times.push(twall);
@@ -485,21 +614,24 @@ fn startup_row(
     Ok(())
 }
 
-pub(crate) fn seeded_model(backbone: Backbone, size: usize) -> Result<ReverseDistillation> {
-    let dev = Device::Cpu;
+pub(crate) fn seeded_model(
+    backbone: Backbone,
+    size: usize,
+    dev: &Device,
+) -> Result<ReverseDistillation> {
     let config = ModelConfig {
         backbone,
         variant: Variant::Anomalib,
         image_size: (size, size),
         map_mode: MapMode::Add,
     };
-    let teacher = Teacher::seeded(backbone, 0, &dev)?;
-    let student = Student::seeded(backbone, config.variant, 1, &dev)?;
+    let teacher = Teacher::seeded(backbone, 0, dev)?;
+    let student = Student::seeded(backbone, config.variant, 1, dev)?;
     Ok(ReverseDistillation::new(config, teacher, student)?)
 }
 
 /// A seeded input batch in roughly the ImageNet-normalised range.
-fn input(batch: usize, size: usize) -> Result<Tensor> {
+fn input(batch: usize, size: usize, dev: &Device) -> Result<Tensor> {
     let n = batch * 3 * size * size;
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let v: Vec<f32> = (0..n)
@@ -510,7 +642,7 @@ fn input(batch: usize, size: usize) -> Result<Tensor> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
         .collect();
-    Ok(Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (batch, 3, size, size), dev)?)
 }
 
 /// CPU seconds (user + system, all threads) this process has used so far: on a machine shared
@@ -547,8 +679,9 @@ fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
     };
     let backbone: Backbone = backbone.parse()?;
     let batch: usize = batch.parse()?;
-    let model = seeded_model(backbone, args.size)?;
-    let x = input(batch, args.size)?;
+    let dev = args.device.open()?;
+    let model = seeded_model(backbone, args.size, &dev)?;
+    let x = input(batch, args.size, &dev)?;
     let mut times = Vec::new();
     let mut cpu = 0.0;
     match mode {
@@ -593,36 +726,59 @@ fn fmt_time(s: f64) -> String {
 }
 
 fn render_table(rows: &[Row], args: &BenchArgs) -> String {
-    let mut t = String::new();
     let torch = args.torch_python.is_some();
+    let gpu = args.device != DeviceSpec::Cpu;
+    let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0} MiB"));
+    let rss = |kb: u64| format!("{:.0} MiB", kb as f64 / 1024.0);
+    // On a GPU the memory that matters is the card's (nvidia-smi's peak, the same measure for
+    // both sides, CUDA context included), with PyTorch's own allocator peak beside it.
+    let memory = |s: &Side| if gpu { mib(s.gpu_mib) } else { rss(s.rss_kb) };
+    let mem_name = if gpu { "GPU memory" } else { "peak RSS" };
+    let per_s =
+        |b: Option<usize>, t: f64| b.map_or("–".to_string(), |b| format!("{:.1}", b as f64 / t));
+    let mut t = String::new();
     if torch {
-        t.push_str("| row | ours (median) | anomalib (median) | speed-up | ours peak RSS | anomalib peak RSS | RSS ratio |\n");
-        t.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        t.push_str(&format!(
+            "| row | ours (median) | anomalib (median) | speed-up | ours img/s | anomalib img/s \
+             | ours {mem_name} | anomalib {mem_name} |{}\n|---|---:|---:|---:|---:|---:|---:|---:|{}\n",
+            if gpu { " anomalib max allocated |" } else { " RSS ratio |" },
+            "---:|"
+        ));
     } else {
-        t.push_str("| row | ours (median) | ours peak RSS |\n|---|---:|---:|\n");
+        t.push_str(&format!(
+            "| row | ours (median) | ours img/s | ours {mem_name} |\n|---|---:|---:|---:|\n"
+        ));
     }
     for r in rows {
         let ours = median(&r.ours.times);
-        let mb = |kb: u64| format!("{:.0} MiB", kb as f64 / 1024.0);
+        let b = r.kind.batch();
         match &r.torch {
             Some(side) => {
                 let th = median(&side.times);
+                let last = if gpu {
+                    mib(side.allocated_mib)
+                } else {
+                    format!("{:.2}", r.ours.rss_kb as f64 / side.rss_kb.max(1) as f64)
+                };
                 t.push_str(&format!(
-                    "| {} | {} | {} | {:.2}× | {} | {} | {:.2} |\n",
+                    "| {} | {} | {} | {:.2}× | {} | {} | {} | {} | {} |\n",
                     r.label(args.size),
                     fmt_time(ours),
                     fmt_time(th),
                     th / ours,
-                    mb(r.ours.rss_kb),
-                    mb(side.rss_kb),
-                    r.ours.rss_kb as f64 / side.rss_kb.max(1) as f64
+                    per_s(b, ours),
+                    per_s(b, th),
+                    memory(&r.ours),
+                    memory(side),
+                    last
                 ));
             }
             None => t.push_str(&format!(
-                "| {} | {} | {} |\n",
+                "| {} | {} | {} | {} |\n",
                 r.label(args.size),
                 fmt_time(ours),
-                mb(r.ours.rss_kb)
+                per_s(b, ours),
+                memory(&r.ours)
             )),
         }
     }

@@ -1,12 +1,15 @@
 """The anomalib side of `cargo xtask bench` (written to a temporary file and run by it).
 
 Usage:
-    python bench_torch.py infer|train BACKBONE SIZE BATCH WARMUP RUNS THREADS
-        -> one JSON line: {"times_s": [...], "peak_rss_kb": N}
+    python bench_torch.py infer|train BACKBONE SIZE BATCH WARMUP RUNS THREADS [DEVICE]
+        -> one JSON line: {"times_s": [...], "peak_rss_kb": N, "max_allocated_mib": M or null}
     python bench_torch.py export BACKBONE SIZE OUT.safetensors
         -> writes the model's state dict (untimed setup for the start-up row)
-    python bench_torch.py startup BACKBONE SIZE WEIGHTS IMAGE THREADS
+    python bench_torch.py startup BACKBONE SIZE WEIGHTS IMAGE THREADS [DEVICE]
         -> imports anomalib, builds the model, loads WEIGHTS, scores IMAGE, prints the score
+
+DEVICE is torch's name (cpu, cuda, cuda:1, mps; default cpu). Every timed iteration ends by
+reading a number back to the host, which waits for the GPU, as our side does.
 
 anomalib's own `ReverseDistillationModel`, `pre_trained=False`, layers 1..3, map mode `add`;
 training uses anomalib's `ReverseDistillationLoss` and its own `configure_optimizers`.
@@ -41,12 +44,17 @@ def build(backbone: str, size: int):
     ).float()
 
 
-def timed(mode: str, backbone: str, size: int, batch: int, warmup: int, runs: int) -> None:
+def timed(
+    mode: str, backbone: str, size: int, batch: int, warmup: int, runs: int, device: str
+) -> None:
     import torch
 
-    model = build(backbone, size)
+    model = build(backbone, size).to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=g) * 4.0 - 2.0
+    x = (torch.rand(batch, 3, size, size, generator=g) * 4.0 - 2.0).to(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     if mode == "infer":
         model.eval()
 
@@ -78,7 +86,8 @@ def timed(mode: str, backbone: str, size: int, batch: int, warmup: int, runs: in
         t0 = time.perf_counter()
         once()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"times_s": times, "peak_rss_kb": rss_kb()}))
+    allocated = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    print(json.dumps({"times_s": times, "peak_rss_kb": rss_kb(), "max_allocated_mib": allocated}))
 
 
 def export(backbone: str, size: int, out: str) -> None:
@@ -88,7 +97,7 @@ def export(backbone: str, size: int, out: str) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
 
 
-def startup(backbone: str, size: int, weights: str, image: str) -> None:
+def startup(backbone: str, size: int, weights: str, image: str, device: str) -> None:
     # Everything from here is timed by the caller: imports, model, weights, image, one score.
     import numpy as np
     import torch
@@ -97,13 +106,13 @@ def startup(backbone: str, size: int, weights: str, image: str) -> None:
 
     model = build(backbone, size)
     model.load_state_dict(load_file(weights))
-    model.eval()
+    model.eval().to(device)
     img = Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        out = model((x - mean) / std)
+        out = model(((x - mean) / std).to(device))
     print(json.dumps({"score": float(out.pred_score.flatten()[0]), "peak_rss_kb": rss_kb()}))
 
 
@@ -111,18 +120,20 @@ def main() -> None:
     mode = sys.argv[1]
     if mode in ("infer", "train"):
         backbone, size, batch, warmup, runs, threads = sys.argv[2:8]
+        device = sys.argv[8] if len(sys.argv) > 8 else "cpu"
         import torch
 
         torch.set_num_threads(int(threads))
-        timed(mode, backbone, int(size), int(batch), int(warmup), int(runs))
+        timed(mode, backbone, int(size), int(batch), int(warmup), int(runs), device)
     elif mode == "export":
         export(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "startup":
         backbone, size, weights, image, threads = sys.argv[2:7]
+        device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
         import torch
 
         torch.set_num_threads(int(threads))
-        startup(backbone, int(size), weights, image)
+        startup(backbone, int(size), weights, image, device)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -2,8 +2,10 @@
 //! dispatcher and the integration tests in `xtask/tests/` can call the subcommands directly.
 
 pub mod bench;
+pub mod cuda_toolkit;
 pub mod download;
 pub mod eval;
+mod gpu_memory;
 pub mod loadtest;
 mod rd;
 pub mod train;
@@ -12,10 +14,18 @@ use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`). Default paths such as
 /// `data/mvtec` are relative to it, so `cargo xtask …` does the same from any subfolder.
+///
+/// A release binary carried to another machine (the GPU check, `scripts/gpu-check.sh`) finds no
+/// workspace where it was built, and takes the current folder instead.
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
+    let root = manifest_dir
         .parent()
         .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
+        .unwrap_or(manifest_dir);
+    if root.join("Cargo.toml").is_file() {
+        root
+    } else {
+        std::env::current_dir().unwrap_or(root)
+    }
 }

@@ -78,7 +78,7 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
     std::fs::create_dir_all(&models)?;
     std::fs::create_dir_all(&images)?;
     let model_path = models.join("part.safetensors");
-    let model = seeded_model(args.backbone, args.size)?;
+    let model = seeded_model(args.backbone, args.size, &candle_core::Device::Cpu)?;
     model.save(
         &model_path,
         &ModelMeta::new(model.config(), "seeded(0)"),

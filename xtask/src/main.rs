@@ -31,6 +31,8 @@ enum Command {
     Bench(xtask::bench::BenchArgs),
     /// Drive `rd serve` on loopback: throughput, latency percentiles, overload answers.
     Loadtest(xtask::loadtest::LoadtestArgs),
+    /// Install the CUDA 13.0 toolkit from PyPI wheels for `--features cuda` (no GPU needed).
+    CudaToolkit(xtask::cuda_toolkit::CudaToolkitArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => xtask::eval::run(args),
         Command::Bench(args) => xtask::bench::run(args),
         Command::Loadtest(args) => xtask::loadtest::run(args),
+        Command::CudaToolkit(args) => xtask::cuda_toolkit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

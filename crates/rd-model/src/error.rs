@@ -26,6 +26,27 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// The device was asked for, but this program was compiled without its Candle backend.
+    #[error(
+        "this program was built without {name}: rebuild it with `--features {feature}` \
+         (the README's \"GPU\" section says how)"
+    )]
+    DeviceNotBuilt {
+        /// The backend, e.g. `CUDA`.
+        name: &'static str,
+        /// The Cargo feature that compiles it in.
+        feature: &'static str,
+    },
+
+    /// The device is compiled in but cannot be opened (no GPU, no driver, a bad index).
+    #[error("cannot open {device} (is there such a GPU, with its driver?): {reason}")]
+    DeviceOpen {
+        /// The device asked for.
+        device: crate::DeviceSpec,
+        /// Candle's reason, without the backtrace it adds when `RUST_BACKTRACE` is set.
+        reason: String,
+    },
+
     /// Images could not be listed, read or decoded.
     #[error(transparent)]
     Dataset(Box<rd_dataset::DatasetError>),

@@ -32,6 +32,7 @@ mod adam;
 pub mod batches;
 pub mod checkpoint;
 mod decoder;
+mod device;
 mod error;
 pub mod evaluate;
 pub mod file;
@@ -49,6 +50,7 @@ mod variant;
 
 pub use adam::{Adam, AdamConfig};
 pub use decoder::{Decoder, Deconv2x2};
+pub use device::DeviceSpec;
 pub use error::{ModelError, Result};
 pub use evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
 pub use file::{LoadedModel, ModelMeta, PostStats, TrainingSummary};
