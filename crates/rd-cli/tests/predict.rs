@@ -2,14 +2,11 @@
 
 mod common;
 
-use common::{rd, text};
+use common::{rd, text, tiny_model};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
-use rd_anomaly_map::MapMode;
-use rd_backbone::{Backbone, Teacher};
-use rd_model::{ModelConfig, ModelMeta, PostStats, ReverseDistillation, Student, Variant};
 
 /// The data of a float32 `.npy` written by rd.
 fn read_npy(path: &Path) -> Vec<f32> {
@@ -104,35 +101,6 @@ fn imported_anomalib_model_reproduces_anomalib_maps_and_scores() {
         assert!(Path::new(line["heatmap"].as_str().unwrap()).is_file());
         assert!(line["mask"].is_null() && line["label"].is_null(), "{line}");
     }
-}
-
-/// A small seeded model with thresholds, saved to `dir`.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let dev = Device::Cpu;
-    let config = ModelConfig {
-        backbone: Backbone::Resnet18,
-        variant: Variant::Anomalib,
-        image_size: (64, 64),
-        map_mode: MapMode::Add,
-    };
-    let model = ReverseDistillation::new(
-        config,
-        Teacher::seeded(config.backbone, 1, &dev).unwrap(),
-        Student::seeded(config.backbone, config.variant, 2, &dev).unwrap(),
-    )
-    .unwrap();
-    let mut meta = ModelMeta::new(&config, "seeded(1)");
-    meta.post = PostStats {
-        image_threshold: Some(1.0),
-        pixel_threshold: Some(1.0),
-        image_min: Some(0.5),
-        image_max: Some(1.5),
-        pixel_min: Some(0.0),
-        pixel_max: Some(2.0),
-    };
-    let path = dir.join("tiny.safetensors");
-    model.save(&path, &meta, &[]).unwrap();
-    path
 }
 
 /// A PNG whose IHDR claims `w × h` pixels, with no image data after it.

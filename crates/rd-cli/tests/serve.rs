@@ -4,40 +4,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-use candle_core::Device;
-use rd_anomaly_map::MapMode;
-use rd_backbone::{Backbone, Teacher};
-use rd_model::{ModelConfig, ModelMeta, PostStats, ReverseDistillation, Student, Variant};
-
-fn save_tiny_model(path: &Path) {
-    let dev = Device::Cpu;
-    let config = ModelConfig {
-        backbone: Backbone::Resnet18,
-        variant: Variant::Anomalib,
-        image_size: (64, 64),
-        map_mode: MapMode::Add,
-    };
-    let model = ReverseDistillation::new(
-        config,
-        Teacher::seeded(config.backbone, 1, &dev).unwrap(),
-        Student::seeded(config.backbone, config.variant, 2, &dev).unwrap(),
-    )
-    .unwrap();
-    let mut meta = ModelMeta::new(&config, "seeded(1)");
-    meta.post = PostStats {
-        image_threshold: Some(1.0),
-        pixel_threshold: Some(1.0),
-        image_min: Some(0.5),
-        image_max: Some(1.5),
-        pixel_min: Some(0.0),
-        pixel_max: Some(2.0),
-    };
-    model.save(path, &meta, &[]).unwrap();
-}
 
 /// A plain HTTP/1.1 POST of `body`; returns (status, body).
 fn post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
@@ -63,7 +31,7 @@ fn served_scores_equal_rd_predict_and_sigterm_drains_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir(&models).unwrap();
-    save_tiny_model(&models.join("tiny.safetensors"));
+    common::tiny_model(&models);
     let image = dir.path().join("part.png");
     image::RgbImage::from_fn(90, 70, |x, y| {
         image::Rgb([(x * 3) as u8, (y * 3) as u8, 128])

@@ -2,7 +2,13 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use candle_core::Device;
+use rd_anomaly_map::MapMode;
+use rd_backbone::{Backbone, Teacher};
+use rd_model::{ModelConfig, ModelMeta, PostStats, ReverseDistillation, Student, Variant};
 
 /// `rd` with no network and an empty Hugging Face cache.
 pub fn rd_command() -> Command {
@@ -54,4 +60,33 @@ pub fn import_parity_case(case: &std::path::Path, out: &std::path::Path) -> serd
     ]);
     assert!(o.status.success(), "{}", text(&o));
     meta
+}
+
+/// A small seeded model with thresholds, saved to `dir`.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let dev = Device::Cpu;
+    let config = ModelConfig {
+        backbone: Backbone::Resnet18,
+        variant: Variant::Anomalib,
+        image_size: (64, 64),
+        map_mode: MapMode::Add,
+    };
+    let model = ReverseDistillation::new(
+        config,
+        Teacher::seeded(config.backbone, 1, &dev).unwrap(),
+        Student::seeded(config.backbone, config.variant, 2, &dev).unwrap(),
+    )
+    .unwrap();
+    let mut meta = ModelMeta::new(&config, "seeded(1)");
+    meta.post = PostStats {
+        image_threshold: Some(1.0),
+        pixel_threshold: Some(1.0),
+        image_min: Some(0.5),
+        image_max: Some(1.5),
+        pixel_min: Some(0.0),
+        pixel_max: Some(2.0),
+    };
+    let path = dir.join("tiny.safetensors");
+    model.save(&path, &meta, &[]).unwrap();
+    path
 }
