@@ -335,9 +335,8 @@ type Trace = Vec<(String, Tensor)>;
 
 /// Trains `case`'s model in `dtype` on the fixture's input with the production step and records
 /// losses, step-0 activations, step-0 gradients and the map after the steps.
-fn trace_training(case: &Case, dtype: DType, r: &mut Report) -> Trace {
-    let train = load(&case.dir.join("train.safetensors"));
-    let x = get(&train, "input").to_dtype(dtype).unwrap();
+fn trace_training(case: &Case, fixture: &TrainingFixture, dtype: DType, r: &mut Report) -> Trace {
+    let x = get(&fixture.train, "input").to_dtype(dtype).unwrap();
     let x = x.to_device(&case.device).unwrap();
     let mut trainer = Trainer::new(case.model(dtype), case.adam);
     let vars = trainer.model().student_params().trainable_vars();
@@ -434,8 +433,9 @@ impl TrainingFixture {
 /// quantity in turn, which must fail, so the limits are shown to catch it.
 fn check_training_f64(case: &Case, r: &mut Report) {
     let lim = Limits::for_dtype(DType::F64);
-    let trace = trace_training(case, DType::F64, r);
-    let refs = TrainingFixture::load(case).references(&trace, r);
+    let fixture = TrainingFixture::load(case);
+    let trace = trace_training(case, &fixture, DType::F64, r);
+    let refs = fixture.references(&trace, r);
     let pairs: Vec<(&str, Vec<f64>, Vec<f64>)> = trace
         .iter()
         .zip(refs)
@@ -543,8 +543,9 @@ struct Errors {
 /// float64 cases, not this bound, are the proof of the maths.
 fn check_training_f32(case: &Case, twin: Option<&Case>, r: &mut Report) {
     let lim = Limits::for_dtype(DType::F32);
-    let ours = trace_training(case, DType::F32, r);
-    let refs = TrainingFixture::load(case).references(&ours, r);
+    let fixture = TrainingFixture::load(case);
+    let ours = trace_training(case, &fixture, DType::F32, r);
+    let refs = fixture.references(&ours, r);
     let truth: Vec<Option<Tensor>> = match twin {
         Some(twin) => {
             println!("  float64 truth: the twin case {}", twin.dir.display());
@@ -552,7 +553,7 @@ fn check_training_f32(case: &Case, twin: Option<&Case>, r: &mut Report) {
         }
         None => {
             println!("  float64 truth: our own float64 run (no float64 twin of this case)");
-            let exact = trace_training(case, DType::F64, r);
+            let exact = trace_training(case, &fixture, DType::F64, r);
             exact.into_iter().map(|(_, t)| Some(t)).collect()
         }
     };
