@@ -7,8 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::rd::run_rd;
-
 /// Arguments of `cargo xtask eval`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -79,18 +77,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut reports = Vec::new();
     for (category, model) in &jobs {
         eprintln!("== {category}");
-        let out = run_rd(&[
-            "eval".into(),
-            "--model".into(),
+        let eval = [
+            "--model".to_string(),
             path(model),
             "--data".into(),
             path(&args.data),
             "--category".into(),
             category.clone(),
-            "--json".into(),
-        ])?;
-        let report: Value =
-            serde_json::from_str(&out).context("`rd eval --json` printed no report")?;
+        ];
+        let report = rd_cli::eval::run(rd_cli::parse_args("eval", &eval)?, false)?;
+        let report = serde_json::to_value(report)?;
         reports.push((category.clone(), report));
     }
     let table = markdown(&reports);

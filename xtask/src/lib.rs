@@ -7,7 +7,6 @@ pub mod download;
 pub mod eval;
 mod gpu_memory;
 pub mod loadtest;
-mod rd;
 pub mod train;
 
 use std::path::PathBuf;

@@ -3,11 +3,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use rd_dataset::synthetic::{generate, SyntheticConfig};
 
-use crate::rd::run_rd;
 use crate::workspace_root;
 
 /// Arguments of `cargo xtask train`.
@@ -106,7 +105,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.batch_size.to_string(),
             "--checkpoint-every".into(),
             "0".into(),
-            "--json".into(),
             "-o".into(),
             path(&model),
         ];
@@ -115,8 +113,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         let checkpoint = out.join(format!("{category}.checkpoint.safetensors"));
         let _ = std::fs::remove_file(&checkpoint); // a demo run starts fresh
-        let metrics: serde_json::Value = serde_json::from_str(&run_rd(&train)?)
-            .context("`rd train --json` printed no metrics")?;
+        let metrics = rd_cli::train::run(rd_cli::parse_args("train", &train)?, false)?;
+        let metrics = serde_json::to_value(metrics)?;
         let overlays = predict_examples(&data, category, &model, &out.join(category))?;
         rows.push((category.clone(), metrics, overlays));
     }
@@ -146,15 +144,15 @@ fn predict_examples(data: &Path, category: &str, model: &Path, out: &Path) -> Re
         return Ok(Vec::new());
     }
     let mut args = vec![
-        "predict".to_string(),
-        "--quiet".into(),
-        "--model".into(),
+        "--model".to_string(),
         path(model),
         "--out".into(),
         path(out),
     ];
     args.extend(picked.iter().map(|s| path(&s.image)));
-    run_rd(&args)?;
+    if !rd_cli::predict::run(rd_cli::parse_args("predict", &args)?, true)? {
+        bail!("`rd predict` could not score every example image (see above)");
+    }
     let lines = std::fs::read_to_string(out.join("results.jsonl"))?;
     Ok(lines
         .lines()

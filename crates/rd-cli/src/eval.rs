@@ -68,7 +68,7 @@ pub struct EvalArgs {
 
 /// What `rd eval --json` prints.
 #[derive(Debug, Serialize)]
-struct Report {
+pub struct Report {
     model: PathBuf,
     data: String,
     thresholds: &'static str,
@@ -102,7 +102,7 @@ impl From<Published> for PublishedJson {
 }
 
 /// Runs `rd eval`.
-pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
+pub fn run(args: EvalArgs, quiet: bool) -> Result<Report> {
     if args.data.layout == Layout::Mvtec && args.data.category.is_none() {
         let found = mvtec::categories(&args.data.data).unwrap_or_default();
         bail!(
@@ -184,7 +184,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("metrics and {} plot(s) written to {}", plots, dir.display());
     }
-    Ok(())
+    Ok(report)
 }
 
 /// ROC curves (image and pixel level) and the PRO curve, on the normalised outputs the metrics

@@ -7,7 +7,7 @@ use candle_core::Device;
 use clap::Args;
 use rd_anomaly_map::MapMode;
 use rd_backbone::{BackboneId, Teacher, TeacherWeights, WeightFile, WeightsLocator};
-use rd_model::evaluate::{compute_metrics, fit_post_processor, MetricsConfig};
+use rd_model::evaluate::{compute_metrics, fit_post_processor, Metrics, MetricsConfig};
 use rd_model::fit::{Fit, FitOutcome, TrainConfig};
 use rd_model::predict::{predict_with, PredictConfig, Predictions};
 use rd_model::{
@@ -171,7 +171,7 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Runs `rd train`.
-pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
+pub fn run(args: TrainArgs, quiet: bool) -> Result<Option<Metrics>> {
     let device = args.device.open()?;
     let (h, w) = match args.image_size[..] {
         [h] => (h, h),
@@ -330,7 +330,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("model written to {}", args.output.display());
     }
-    Ok(())
+    Ok(metrics)
 }
 
 /// The teacher from a file, the cache or the hub; or, if allowed, a seeded random one.

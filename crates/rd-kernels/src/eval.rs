@@ -102,7 +102,7 @@ pub fn conv2d(
 /// layer's weights (up to 14 MiB in the OCBE) outweigh an image's activations, and one GEMM per
 /// image would stream them from memory once per image. Every output element sums in the same
 /// order either way, so the results are bit-identical.
-const BATCH_BELOW_PIXELS: usize = 1024;
+pub(crate) const BATCH_BELOW_PIXELS: usize = 1024;
 
 /// [`conv2d`] as one GEMM over the whole batch (the images' im2col matrices side by side), then
 /// a scatter into NCHW that adds the residual and applies ReLU. `None` without AVX-512.
@@ -115,49 +115,60 @@ fn conv2d_batched(
     relu: bool,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "eval::conv2d";
-    let (k, n, b) = (g.kdim(), g.n(), g.b);
-    let mut wide = vec![0f32; g.co * b * n];
     // The affine (and ReLU when nothing is added after it) as the GEMM stores its tiles.
     let epilogue = Epilogue {
         affine: bn,
         residual: None,
         relu: relu && residual.is_none(),
     };
-    let fused = with_f32(w, OP, |wv| {
-        with_f32(x, OP, |xv| {
-            let lhs = MatRef::rows(wv, k);
-            let images = xv.chunks_exact(g.in_len());
-            let shape = (g.co, b * n, k);
-            if g.pointwise() {
-                let images: Vec<Dense> = images.map(|data| Dense { data, n }).collect();
-                let rhs = Batch { images: &images, n };
-                gemm::try_fused(&mut wide, lhs, &rhs, shape, &epilogue)
-            } else {
-                let images: Vec<_> = images.map(|img| g.im2col_source(img)).collect();
-                let rhs = Batch { images: &images, n };
-                gemm::try_fused(&mut wide, lhs, &rhs, shape, &epilogue)
-            }
-        })
+    let wide = with_f32(w, OP, |wv| {
+        with_f32(x, OP, |xv| conv2d_wide(xv, wv, g, &epilogue))
     })??;
-    if !fused {
+    let Some(wide) = wide else {
         return Ok(None);
-    }
-    let mut out = vec![0f32; b * g.out_len()];
+    };
+    let mut out = vec![0f32; g.b * g.out_len()];
     with_f32_opt(residual, OP, |rv| {
         let after = Epilogue {
             affine: None,
             residual: rv,
             relu: relu && rv.is_some(),
         };
-        scatter_planes(&wide, &mut out, (b, g.co, n), &after);
+        scatter_planes(&wide, &mut out, (g.b, g.co, g.n()), &after);
     })?;
     let (b, co, ho, wo) = g.out_dims();
     Ok(Some(from_vec(out, (b, co, ho, wo))?))
 }
 
+/// The convolution of a whole batch as one GEMM, channel-major (`co × b·n`: row `i` holds
+/// channel `i` of every image, see [`scatter_planes`]), `epilogue` (no residual) applied as
+/// tiles are stored. `None` without AVX-512.
+pub(crate) fn conv2d_wide(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    epilogue: &Epilogue,
+) -> Option<Vec<f32>> {
+    let (k, n, b) = (g.kdim(), g.n(), g.b);
+    let mut wide = vec![0f32; g.co * b * n];
+    let lhs = MatRef::rows(w, k);
+    let images = x.chunks_exact(g.in_len());
+    let shape = (g.co, b * n, k);
+    let fused = if g.pointwise() {
+        let images: Vec<Dense> = images.map(|data| Dense { data, n }).collect();
+        let rhs = Batch { images: &images, n };
+        gemm::try_fused(&mut wide, lhs, &rhs, shape, epilogue)
+    } else {
+        let images: Vec<_> = images.map(|img| g.im2col_source(img)).collect();
+        let rhs = Batch { images: &images, n };
+        gemm::try_fused(&mut wide, lhs, &rhs, shape, epilogue)
+    };
+    fused.then_some(wide)
+}
+
 /// Copies channel-major `wide` (`co × b × n`: row `i` holds channel `i` of every image) into
 /// NCHW `out` (`b × co × n`), applying `epilogue` (its residual laid out like `out`) per plane.
-fn scatter_planes(
+pub(crate) fn scatter_planes(
     wide: &[f32],
     out: &mut [f32],
     (b, co, n): (usize, usize, usize),

@@ -153,10 +153,16 @@ impl ConvGeom {
     /// Adds the im2col-shaped gradient `dcol` back onto the image gradient `dimg` (zeroed),
     /// in parallel over input channels so that no two tasks write the same value.
     pub fn col2im(&self, dcol: &[f32], dimg: &mut [f32]) {
+        self.col2im_columns(dcol, self.n(), 0, dimg);
+    }
+
+    /// [`Self::col2im`] from columns `col0 .. col0 + n` of a wider matrix whose rows hold `ld`
+    /// values (a batch's im2col gradients side by side).
+    pub fn col2im_columns(&self, dcol: &[f32], ld: usize, col0: usize, dimg: &mut [f32]) {
         let (kk, n, plane) = (self.k * self.k, self.n(), self.h * self.w);
         dimg.par_chunks_mut(plane).enumerate().for_each(|(c, img)| {
             for r in 0..kk {
-                let row = &dcol[(c * kk + r) * n..][..n];
+                let row = &dcol[(c * kk + r) * ld + col0..][..n];
                 self.col2im_row(row, img, r / self.k, r % self.k);
             }
         });

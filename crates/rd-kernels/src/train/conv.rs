@@ -4,7 +4,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::scratch::{transpose, transpose_into, transpose_scratch, Scratch};
-use crate::gemm::{self, gemm_acc, Dense, MatRef};
+use crate::eval::{conv2d_wide, scatter_planes, BATCH_BELOW_PIXELS};
+use crate::gemm::{self, gemm_acc, Batch, Dense, MatRef};
 use crate::geom::ConvGeom;
 use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
 use crate::{count_call, Epilogue};
@@ -67,6 +68,11 @@ impl Conv2dOp {
         let (kd, n, co) = (g.kdim(), g.n(), g.co);
         // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
         let wt_view = MatRef::transposed(w, kd);
+        if g.b > 1 && n < BATCH_BELOW_PIXELS {
+            if let Some(dx) = Self::grad_input_batched(g, wt_view, dy) {
+                return dx;
+            }
+        }
         let mut wt = None;
         let mut dx = vec![0f32; g.b * g.in_len()];
         let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
@@ -88,6 +94,33 @@ impl Conv2dOp {
     }
 }
 
+impl Conv2dOp {
+    /// [`Self::grad_input`] as one GEMM over the batch (the images' `dY` side by side), for
+    /// small maps where one GEMM per image would stream `W` once per image. Each value sums in
+    /// the same order as per image. `None` without AVX-512.
+    fn grad_input_batched(g: &ConvGeom, wt: MatRef, dy: &[f32]) -> Option<Vec<f32>> {
+        let (kd, n, b) = (g.kdim(), g.n(), g.b);
+        let images: Vec<Dense> = dy
+            .chunks_exact(g.co * n)
+            .map(|data| Dense { data, n })
+            .collect();
+        let rhs = Batch { images: &images, n };
+        let mut wide = Scratch::take(kd * b * n);
+        if !gemm::try_fused(&mut wide, wt, &rhs, (kd, b * n, g.co), &Epilogue::default()) {
+            return None;
+        }
+        let mut dx = vec![0f32; b * g.in_len()];
+        if g.pointwise() {
+            scatter_planes(&wide, &mut dx, (b, kd, n), &Epilogue::default());
+        } else {
+            for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+                g.col2im_columns(&wide, b * n, bi * n, dxb);
+            }
+        }
+        Some(dx)
+    }
+}
+
 impl CustomOp2 for Conv2dOp {
     fn name(&self) -> &'static str {
         "rd-conv2d"
@@ -104,7 +137,15 @@ impl CustomOp2 for Conv2dOp {
         let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
         let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
         let (kd, n) = (g.kdim(), g.n());
+        let shape = Shape::from((g.b, g.co, g.ho, g.wo));
         let mut out = vec![0f32; g.b * g.co * n];
+        if g.b > 1 && n < BATCH_BELOW_PIXELS {
+            // Small maps: one GEMM for the batch, as in eval mode (the same sums).
+            if let Some(wide) = conv2d_wide(x, w, &g, &Epilogue::default()) {
+                scatter_planes(&wide, &mut out, (g.b, g.co, n), &Epilogue::default());
+                return Ok((CpuStorage::F32(out), shape));
+            }
+        }
         let mut buf = Vec::new();
         for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
             let img = &x[bi * g.in_len()..][..g.in_len()];
@@ -121,7 +162,7 @@ impl CustomOp2 for Conv2dOp {
                 gemm_acc(dst, w, col, g.co, n, kd);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.co, g.ho, g.wo))))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(

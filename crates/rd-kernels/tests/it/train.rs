@@ -113,6 +113,61 @@ fn deconv2x2_matches_candle() {
     }
 }
 
+/// Forward values and the gradients of `x` and `w` for the upstream gradient `u`.
+fn with_grads(
+    x: &Tensor,
+    w: &Tensor,
+    u: &Tensor,
+    op: &dyn Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = op(xv.as_tensor(), wv.as_tensor());
+    let grads = (&y * u).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = |v: &Var| grads.get(v.as_tensor()).expect("no gradient").clone();
+    (y, g(&xv), g(&wv))
+}
+
+/// On small maps the ops run a batch as one GEMM per layer: forward values and input gradients
+/// equal those of its images run one at a time bit for bit (every value sums in the same
+/// order); the weight gradient sums over the batch in another order.
+#[test]
+fn a_batch_equals_its_images() {
+    type Op = Box<dyn Fn(&Tensor, &Tensor) -> Tensor>;
+    let conv =
+        |stride, pad| -> Op { Box::new(move |x, w| train::conv2d(x, w, stride, pad).unwrap()) };
+    // (op, x dims per image, w dims)
+    let cases: [(Op, [usize; 3], [usize; 4]); 5] = [
+        (conv(1, 1), [5, 8, 8], [6, 5, 3, 3]),
+        (conv(2, 1), [3, 9, 9], [4, 3, 3, 3]),
+        (conv(1, 0), [4, 6, 6], [7, 4, 1, 1]),
+        (conv(2, 0), [4, 6, 6], [5, 4, 1, 1]),
+        (
+            Box::new(|x, w| train::deconv2x2(x, w).unwrap()),
+            [6, 4, 5],
+            [6, 3, 2, 2],
+        ),
+    ];
+    let b = 3;
+    for (i, (op, [c, h, wd], wdims)) in cases.iter().enumerate() {
+        let seed = 40 * i as u64;
+        let x = noise(&[b, *c, *h, *wd], seed, 1.0);
+        let w = noise(wdims, seed + 1, 0.5);
+        let y_dims = op(&x, &w).dims().to_vec();
+        let u = noise(&y_dims, seed + 2, 1.0);
+        let (y, dx, dw) = with_grads(&x, &w, &u, op.as_ref());
+        let mut dw_sum = w.zeros_like().unwrap();
+        for bi in 0..b {
+            let one = |t: &Tensor| t.narrow(0, bi, 1).unwrap();
+            let (y1, dx1, dw1) = with_grads(&one(&x), &w, &one(&u), op.as_ref());
+            let what = format!("case {i} image {bi}");
+            assert_close(&one(&y), &y1, 0.0, &format!("{what} forward"));
+            assert_close(&one(&dx), &dx1, 0.0, &format!("{what} dx"));
+            dw_sum = (dw_sum + dw1).unwrap();
+        }
+        assert_close(&dw, &dw_sum, 1e-5, &format!("case {i} dw"));
+    }
+}
+
 /// Every training op refuses a tensor that is not f32 on the CPU before it builds a custom op
 /// (which has only a CPU implementation), and counts no kernel call.
 #[test]
