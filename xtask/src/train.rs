@@ -89,28 +89,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for category in &categories {
         eprintln!("\n== {category}");
         let model = out.join(format!("{category}.safetensors"));
-        let mut train = vec![
-            "train".to_string(),
-            "--data".into(),
-            path(&data),
-            "--category".into(),
-            category.clone(),
-            "--backbone".into(),
-            args.backbone.clone(),
-            "--image-size".into(),
-            args.image_size.to_string(),
-            "--epochs".into(),
-            args.epochs.to_string(),
-            "--batch-size".into(),
-            args.batch_size.to_string(),
-            "--checkpoint-every".into(),
-            "0".into(),
-            "-o".into(),
-            path(&model),
-        ];
-        if synthetic {
-            train.push("--allow-random-teacher".into());
-        }
+        let train = rd_train_args(&args, &data, category, &model, synthetic);
         let checkpoint = out.join(format!("{category}.checkpoint.safetensors"));
         let _ = std::fs::remove_file(&checkpoint); // a demo run starts fresh
         let metrics = rd_cli::train::run(rd_cli::parse_args("train", &train)?, false)?;
@@ -125,6 +104,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
     println!("\n{report}");
     eprintln!("report: {}", report_path.display());
     Ok(())
+}
+
+/// The `rd train` arguments for one category of the demo.
+fn rd_train_args(
+    args: &TrainArgs,
+    data: &Path,
+    category: &str,
+    model: &Path,
+    synthetic: bool,
+) -> Vec<String> {
+    let mut train = vec![
+        "--data".to_string(),
+        path(data),
+        "--category".into(),
+        category.to_string(),
+        "--backbone".into(),
+        args.backbone.clone(),
+        "--image-size".into(),
+        args.image_size.to_string(),
+        "--epochs".into(),
+        args.epochs.to_string(),
+        "--batch-size".into(),
+        args.batch_size.to_string(),
+        "--checkpoint-every".into(),
+        "0".into(),
+        "-o".into(),
+        path(model),
+    ];
+    if synthetic {
+        train.push("--allow-random-teacher".into());
+    }
+    train
 }
 
 fn path(p: &Path) -> String {
@@ -220,4 +231,19 @@ fn report(
         let _ = writeln!(s);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo's arguments are what `rd train` accepts (they are parsed only at run time).
+    #[test]
+    fn the_demo_passes_rd_train_valid_arguments() {
+        let args: TrainArgs = rd_cli::parse_args("xtask train", Vec::<String>::new()).unwrap();
+        for synthetic in [true, false] {
+            let train = rd_train_args(&args, Path::new("d"), "fabric", Path::new("m"), synthetic);
+            rd_cli::parse_args::<rd_cli::train::TrainArgs, _, _>("train", &train).unwrap();
+        }
+    }
 }

@@ -105,10 +105,17 @@ where
     T: Into<OsString> + Clone,
 {
     let command = A::augment_args(clap::Command::new("rd").bin_name(format!("rd {name}")));
-    let mut matches = command.try_get_matches_from(
-        std::iter::once(OsString::from(name)).chain(args.into_iter().map(Into::into)),
-    )?;
-    Ok(A::from_arg_matches_mut(&mut matches)?)
+    let argv = std::iter::once(OsString::from(name)).chain(args.into_iter().map(Into::into));
+    // clap's messages start with their own "error: ", which callers print again.
+    let clean = |e: clap::Error| {
+        let text = e.render().to_string();
+        anyhow::anyhow!(
+            "{}",
+            text.trim_start_matches("error: ").trim_end().to_string()
+        )
+    };
+    let mut matches = command.try_get_matches_from(argv).map_err(clean)?;
+    A::from_arg_matches_mut(&mut matches).map_err(clean)
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings, or errors only with `--quiet`).
@@ -141,6 +148,10 @@ mod tests {
         assert!(format!("{args:?}").contains("m.safetensors"));
         let err =
             parse_args::<inspect::InspectArgs, _, _>("inspect", ["--no-such-flag"]).unwrap_err();
-        assert!(err.to_string().contains("--no-such-flag"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("--no-such-flag") && !text.starts_with("error"),
+            "{text}"
+        );
     }
 }
