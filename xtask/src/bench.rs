@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// the `gemm` crate (the machine's GEMM peak that the model rows are measured against).
     #[arg(long)]
     pub gemm: bool,
+    /// Only time the phases of our training step (batch 8): teacher, student forward, loss,
+    /// backward, Adam; with the GEMM work of each, against the GEMM peak.
+    #[arg(long)]
+    pub phases: bool,
     /// Internal: run one measurement in this process (`infer:BACKBONE:BATCH` or `train:…`).
     #[arg(long, hide = true)]
     pub worker: Option<String>,
@@ -121,56 +125,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.gemm {
         return gemm_table(args.threads);
     }
+    if args.phases {
+        return phase_table(&args);
+    }
     orchestrate(&args, &root)
 }
+
+/// (m, n, k) of convolutions in the models: output channels, output pixels, c_in·k·k.
+const GEMM_SHAPES: [(usize, usize, usize); 6] = [
+    (512, 1024, 4608),
+    (64, 4096, 576),
+    (128, 1024, 1152),
+    (256, 256, 2304),
+    (2048, 256, 1024),
+    (512, 64, 4608),
+];
 
 /// Prints GFLOP/s of the AVX-512 GEMM and the `gemm` crate on convolution shapes (best of
 /// several repetitions each, on `threads` rayon threads).
 fn gemm_table(threads: usize) -> Result<()> {
-    use rd_kernels::gemm;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    // (m, n, k): output channels, output pixels, c_in·k·k of convolutions in the models.
-    let shapes = [
-        (512, 1024, 4608),
-        (64, 4096, 576),
-        (128, 1024, 1152),
-        (256, 256, 2304),
-        (2048, 256, 1024),
-        (512, 64, 4608),
-    ];
     println!("| m×k · k×n | AVX-512 kernel | gemm crate | ratio |\n|---|---:|---:|---:|");
-    for (m, n, k) in shapes {
-        let values = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-                .collect()
-        };
-        let (a, b) = (values(m * k), values(k * n));
-        let flops = 2.0 * (m * n * k) as f64;
-        let reps = ((2e10 / flops) as usize).clamp(3, 200);
-        let time = |f: &dyn Fn(&mut [f32])| {
-            let mut c = vec![0f32; m * n];
-            f(&mut c);
-            let mut best = f64::MAX;
-            for _ in 0..reps {
-                let t = Instant::now();
-                f(&mut c);
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            flops / best / 1e9
-        };
-        let (ours, theirs) = pool.install(|| {
-            let ours = if gemm::avx512_available() {
-                time(&|c| {
-                    gemm::try_acc(c, &a, &b, m, n, k);
-                })
-            } else {
-                f64::NAN
-            };
-            (ours, time(&|c| gemm::gemm_crate_acc(c, &a, &b, m, n, k)))
-        });
+    for (m, n, k) in GEMM_SHAPES {
+        let (ours, theirs) = gemm_gflops(threads, (m, n, k))?;
         println!(
             "| {m}×{k} · {k}×{n} | {ours:.1} GFLOP/s | {theirs:.1} GFLOP/s | {:.2}× |",
             ours / theirs
@@ -178,6 +154,127 @@ fn gemm_table(threads: usize) -> Result<()> {
     }
     println!("({threads} threads)");
     Ok(())
+}
+
+/// The machine's GEMM peak as the model rows see it: the best GFLOP/s of the kernel the models
+/// use (AVX-512 where available, else the `gemm` crate) over [`GEMM_SHAPES`].
+fn gemm_peak(threads: usize) -> Result<f64> {
+    let mut best = 0f64;
+    for shape in GEMM_SHAPES {
+        let (ours, theirs) = gemm_gflops(threads, shape)?;
+        best = best.max(if ours.is_nan() { theirs } else { ours });
+    }
+    Ok(best)
+}
+
+/// GFLOP/s of the AVX-512 kernel (NaN without AVX-512) and of the `gemm` crate on one shape,
+/// best of several repetitions each.
+fn gemm_gflops(threads: usize, (m, n, k): (usize, usize, usize)) -> Result<(f64, f64)> {
+    use rd_kernels::gemm;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let values = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect()
+    };
+    let (a, b) = (values(m * k), values(k * n));
+    let flops = 2.0 * (m * n * k) as f64;
+    let reps = ((2e10 / flops) as usize).clamp(3, 200);
+    let time = |f: &dyn Fn(&mut [f32])| {
+        let mut c = vec![0f32; m * n];
+        f(&mut c);
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            f(&mut c);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        flops / best / 1e9
+    };
+    Ok(pool.install(|| {
+        let ours = if gemm::avx512_available() {
+            time(&|c| {
+                gemm::try_acc(c, &a, &b, m, n, k);
+            })
+        } else {
+            f64::NAN
+        };
+        (ours, time(&|c| gemm::gemm_crate_acc(c, &a, &b, m, n, k)))
+    }))
+}
+
+/// Prints the median time and GEMM rate of each phase of our training step (batch 8), in this
+/// process on `--threads` threads.
+fn phase_table(args: &BenchArgs) -> Result<()> {
+    if args.device != DeviceSpec::Cpu {
+        bail!("--phases times CPU work (a GPU runs asynchronously); use the rows instead");
+    }
+    const PHASES: [&str; 5] = ["teacher", "student forward", "loss", "backward", "Adam"];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
+    let peak = gemm_peak(args.threads)?;
+    println!(
+        "Training step phases, batch 8, {}², {} threads; GEMM peak {peak:.0} GFLOP/s\n",
+        args.size, args.threads
+    );
+    println!("| backbone | phase | median | GEMM GFLOP | GEMM GFLOP/s | share of peak |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for backbone in &args.backbones {
+        let backbone: Backbone = backbone.parse()?;
+        let (times, gflop) = pool.install(|| -> Result<_> {
+            let model = seeded_model(backbone, args.size, &Device::Cpu)?;
+            let x = input(8, args.size, &Device::Cpu)?;
+            let mut trainer = Trainer::new(model, AdamConfig::anomalib());
+            let mut times = vec![Vec::new(); PHASES.len()];
+            let mut gflop = [0f64; PHASES.len()];
+            for i in 0..args.warmup + args.runs {
+                let mut marks = vec![(Instant::now(), gemm_flops())];
+                let mut mark = || marks.push((Instant::now(), gemm_flops()));
+                let teacher = trainer.model().teacher().forward(&x)?;
+                mark();
+                let (_, student) = trainer.model().student().forward_t(&teacher, true)?;
+                mark();
+                let loss = rd_model::rd_loss(&teacher, &student)?;
+                let _ = loss.value()?;
+                mark();
+                let grads = loss.total.backward()?;
+                mark();
+                trainer.optimizer_mut().step(&grads)?;
+                mark();
+                if i >= args.warmup {
+                    for (p, w) in marks.windows(2).enumerate() {
+                        times[p].push((w[1].0 - w[0].0).as_secs_f64());
+                        gflop[p] += (w[1].1 - w[0].1) as f64 / 1e9 / args.runs as f64;
+                    }
+                }
+            }
+            Ok((times, gflop))
+        })?;
+        let mut total = (0.0, 0.0);
+        for (p, name) in PHASES.iter().enumerate() {
+            let t = median(&times[p]);
+            total = (total.0 + t, total.1 + gflop[p]);
+            println!("{}", phase_line(backbone, name, t, gflop[p], peak));
+        }
+        println!(
+            "{}",
+            phase_line(backbone, "**step**", total.0, total.1, peak)
+        );
+    }
+    Ok(())
+}
+
+/// One line of [`phase_table`].
+fn phase_line(backbone: Backbone, phase: &str, t: f64, gflop: f64, peak: f64) -> String {
+    let rate = gflop / t;
+    format!(
+        "| {backbone} | {phase} | {} | {gflop:.2} | {rate:.0} | {:.0} % |",
+        fmt_time(t),
+        100.0 * rate / peak
+    )
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -203,6 +300,8 @@ struct Side {
     gpu_mib: Option<f64>,
     /// `torch.cuda.max_memory_allocated`: what PyTorch's allocator handed out at most.
     allocated_mib: Option<f64>,
+    /// GEMM work per iteration (`rd_kernels::gemm::flops`), ours only.
+    gflop: Option<f64>,
 }
 
 impl Side {
@@ -218,7 +317,13 @@ impl Side {
         };
         self.gpu_mib = max(self.gpu_mib, gpu_mib);
         self.allocated_mib = max(self.allocated_mib, v["max_allocated_mib"].as_f64());
+        self.gflop = v["gflop"].as_f64().or(self.gflop);
         Ok(())
+    }
+
+    /// GEMM GFLOP/s at the median time.
+    fn gflops(&self) -> Option<f64> {
+        self.gflop.map(|g| g / median(&self.times))
     }
     fn json(&self, batch: Option<usize>) -> Value {
         let median = median(&self.times);
@@ -229,6 +334,8 @@ impl Side {
             "peak_rss_kb": self.rss_kb,
             "gpu_peak_mib": self.gpu_mib,
             "max_allocated_mib": self.allocated_mib,
+            "gemm_gflop": self.gflop,
+            "gemm_gflops_per_s": self.gflops(),
         })
     }
 }
@@ -503,7 +610,15 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 
-    let table = render_table(&rows, args);
+    let mut table = render_table(&rows, args);
+    let peak = if args.device == DeviceSpec::Cpu {
+        Some(gemm_peak(threads)?)
+    } else {
+        None
+    };
+    if let Some(peak) = peak {
+        table.push_str(&gemm_share_table(&rows, args, peak));
+    }
     println!("{table}");
     let json = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -513,6 +628,7 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
         "warmup": args.warmup,
         "runs": args.runs,
         "rounds": args.rounds,
+        "gemm_peak_gflops_per_s": peak,
         "rows": rows.iter().map(|r| json!({
             "backbone": r.backbone,
             "row": r.kind.to_string(),
@@ -660,6 +776,11 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The kernels' GEMM work so far in this process, in floating-point operations.
+fn gemm_flops() -> u64 {
+    rd_kernels::gemm::flops()
+}
+
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -684,27 +805,30 @@ fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
     let x = input(batch, args.size, &dev)?;
     let mut times = Vec::new();
     let mut cpu = 0.0;
+    let mut flops = 0u64;
     match mode {
         "infer" => {
             for i in 0..args.warmup + args.runs {
-                let (t0, c0) = (Instant::now(), cpu_seconds());
+                let (t0, c0, f0) = (Instant::now(), cpu_seconds(), gemm_flops());
                 let maps = model.anomaly_maps(&x)?;
                 let _: Vec<f32> = maps.scores.to_vec1()?;
                 if i >= args.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                     cpu += cpu_seconds() - c0;
+                    flops += gemm_flops() - f0;
                 }
             }
         }
         "train" => {
             let mut trainer = Trainer::new(model, AdamConfig::anomalib());
             for i in 0..args.warmup + args.runs {
-                let (t0, c0) = (Instant::now(), cpu_seconds());
+                let (t0, c0, f0) = (Instant::now(), cpu_seconds(), gemm_flops());
                 let loss = trainer.step(&x)?;
                 let _ = loss.value()?;
                 if i >= args.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                     cpu += cpu_seconds() - c0;
+                    flops += gemm_flops() - f0;
                 }
             }
         }
@@ -712,7 +836,13 @@ fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        json!({"times_s": times, "cpu_s": cpu, "peak_rss_kb": peak_rss_kb()})
+        json!({
+            "times_s": times,
+            "cpu_s": cpu,
+            "peak_rss_kb": peak_rss_kb(),
+            // GEMMs on the GPU are Candle's, uncounted.
+            "gflop": (flops > 0).then(|| flops as f64 / 1e9 / args.runs.max(1) as f64),
+        })
     );
     Ok(())
 }
@@ -723,6 +853,25 @@ fn fmt_time(s: f64) -> String {
     } else {
         format!("{s:.2} s")
     }
+}
+
+/// Our rows' GEMM work and rate against the machine's measured GEMM peak.
+fn gemm_share_table(rows: &[Row], args: &BenchArgs, peak: f64) -> String {
+    let mut t = format!(
+        "\nOur GEMM rate per row, against the GEMM peak measured just now ({peak:.0} GFLOP/s, \
+         `cargo xtask bench --gemm`):\n\n\
+         | row | GEMM GFLOP per iteration | GEMM GFLOP/s | share of peak |\n|---|---:|---:|---:|\n"
+    );
+    for r in rows {
+        if let (Some(g), Some(rate)) = (r.ours.gflop, r.ours.gflops()) {
+            t.push_str(&format!(
+                "| {} | {g:.2} | {rate:.0} | {:.0} % |\n",
+                r.label(args.size),
+                100.0 * rate / peak
+            ));
+        }
+    }
+    t
 }
 
 fn render_table(rows: &[Row], args: &BenchArgs) -> String {

@@ -292,6 +292,7 @@ mod imp {
         pb: &mut Vec<f32>,
         store: Store,
     ) {
+        super::super::count_flops(m, n, k);
         let threads = rayon::current_num_threads();
         let par = m * n * k >= PAR_MIN_MACS && threads > 1;
         let out = Out::new(dst, n, store);

@@ -8,6 +8,23 @@ mod pack;
 pub use avx512::{available as avx512_available, try_acc, try_acc_from, try_fused, NR};
 pub use pack::{Batch, Dense, Im2col, RhsSource};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Floating-point operations (2 per multiply-add) of every GEMM run so far in this process.
+static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Floating-point operations of every GEMM this process has run (2 per multiply-add, either
+/// kernel): with a wall time, the GFLOP/s a model reaches, against the GEMM's own peak
+/// (`cargo xtask bench --gemm`).
+pub fn flops() -> u64 {
+    FLOPS.load(Ordering::Relaxed)
+}
+
+/// Counts one `m×k · k×n` product in [`flops`].
+fn count_flops(m: usize, n: usize, k: usize) {
+    FLOPS.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+}
+
 /// A strided matrix view read in place: element (i, j) is `data[i·rs + j·cs]` (row-major with
 /// `c` columns: `(c, 1)`; the transpose of a row-major matrix with `c` columns: `(1, c)`).
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +115,7 @@ fn gemm_crate_strided(dst: &mut [f32], lhs: MatRef, rhs: MatRef, m: usize, n: us
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    count_flops(m, n, k);
     assert!(
         dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n),
         "gemm: slices too short for {m}×{k} · {k}×{n}"
