@@ -671,6 +671,21 @@ fn startup_row(
     script: &Path,
     tmp: &Path,
 ) -> Result<()> {
+    if !rd.exists() && args.rd.is_none() {
+        // `cargo xtask train` runs rd in its own process and builds no rd binary.
+        eprintln!(
+            "building the release rd for the start-up row (cargo build --release -p rd-cli)…"
+        );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .current_dir(crate::workspace_root())
+            .args(["build", "--release", "-p", "rd-cli"])
+            .status()
+            .context("running cargo build --release -p rd-cli")?;
+        if !status.success() {
+            bail!("cargo build --release -p rd-cli failed");
+        }
+    }
     if !rd.exists() {
         bail!(
             "{} is missing: run `cargo build --release -p rd-cli`",

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
 /// Adam hyper-parameters.
@@ -154,9 +154,11 @@ impl Adam {
                         );
                     }
                     let step = step.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+                    // Copies: the moments are updated in place, and these tensors are the
+                    // caller's.
                     Some(Moments {
-                        m: m.to_dtype(DType::F32)?,
-                        v: v.to_dtype(DType::F32)?,
+                        m: m.to_dtype(DType::F32)?.copy()?,
+                        v: v.to_dtype(DType::F32)?.copy()?,
                         step: step.first().copied().unwrap_or(0),
                     })
                 }
@@ -186,9 +188,11 @@ struct Coefs {
     weight_decay: Option<f32>,
 }
 
-/// One parameter's update in a single parallel pass, bit-identical to the Candle-op sequence
-/// in [`Adam::step`] (the same f32 operations in the same order, `x·a + 0` included), without
-/// the dozen full-size temporaries that sequence allocates.
+/// One parameter's update, bit-identical to the Candle-op sequence in [`Adam::step`] (the same
+/// f32 operations in the same order, `x·a + 0` included), in three parallel in-place passes
+/// (moments, then the parameter) instead of the dozen full-size temporaries that sequence
+/// allocates: no allocation, no page faults, and each array is read or written as few times as
+/// one output buffer per pass allows.
 fn step_fused(c: &AdamConfig, var: &Var, p: &Tensor, g: &Tensor, s: &mut Moments) -> Result<()> {
     let k = Coefs {
         b1: c.beta1 as f32,
@@ -200,49 +204,131 @@ fn step_fused(c: &AdamConfig, var: &Var, p: &Tensor, g: &Tensor, s: &mut Moments
         lr_over_bias1: (c.lr / (1.0 - c.beta1.powi(s.step as i32))) as f32,
         weight_decay: (c.weight_decay != 0.0).then_some(c.weight_decay as f32),
     };
-    let n = p.elem_count();
-    let (mut out, mut mv, mut vv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    {
-        // Read the four inputs in place: copies of every parameter would cost as much as the
-        // update itself.
-        let guards = [p, g, &s.m, &s.v].map(|t| t.storage_and_layout());
-        let ins = guards
-            .iter()
-            .map(|(st, l)| match (&**st, l.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) if b - a == n => Ok(&v[a..b]),
-                _ => candle_core::bail!("adam: expected contiguous f32 CPU tensors"),
-            })
-            .collect::<Result<Vec<&[f32]>>>()?;
-        const CHUNK: usize = 1 << 14;
-        out.par_chunks_mut(CHUNK)
-            .zip(mv.par_chunks_mut(CHUNK).zip(vv.par_chunks_mut(CHUNK)))
-            .enumerate()
-            .for_each(|(c, (o, (m, v)))| {
-                let at = |i: usize| &ins[i][c * CHUNK..][..o.len()];
-                let (pi, gi, mi, vi) = (at(0), at(1), at(2), at(3));
-                for i in 0..o.len() {
-                    (o[i], m[i], v[i]) = update_one(&k, pi[i], gi[i], mi[i], vi[i]);
-                }
-            });
-    }
-    let shape = p.shape();
-    s.m = Tensor::from_vec(mv, shape, p.device())?;
-    s.v = Tensor::from_vec(vv, shape, p.device())?;
-    var.set(&Tensor::from_vec(out, shape, p.device())?)
+    s.m.inplace_op3(
+        g,
+        p,
+        &Pass {
+            k: &k,
+            part: Part::M,
+        },
+    )?;
+    s.v.inplace_op3(
+        g,
+        p,
+        &Pass {
+            k: &k,
+            part: Part::V,
+        },
+    )?;
+    // `p` shares the variable's storage: updating it in place updates the variable.
+    debug_assert!(p.is_contiguous() && var.as_tensor().is_contiguous());
+    p.inplace_op3(
+        &s.m,
+        &s.v,
+        &Pass {
+            k: &k,
+            part: Part::P,
+        },
+    )
 }
 
-/// (p, m, v) after one step for one element; each line mirrors one Candle op of [`Adam::step`].
+/// Which array an in-place pass of [`step_fused`] writes.
+#[derive(Clone, Copy)]
+enum Part {
+    /// The first moment, from the gradient (and the parameter, for weight decay).
+    M,
+    /// The second moment, likewise.
+    V,
+    /// The parameter, from the updated moments.
+    P,
+}
+
+/// One in-place pass of [`step_fused`]; its two sources are `(g, p)` for [`Part::M`] and
+/// [`Part::V`], `(m, v)` for [`Part::P`].
+struct Pass<'a> {
+    k: &'a Coefs,
+    part: Part,
+}
+
+impl InplaceOp3 for Pass<'_> {
+    fn name(&self) -> &'static str {
+        "rd-adam"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        let slice = |st: &CpuStorage, l: &Layout| -> Result<(usize, usize)> {
+            match (st, l.contiguous_offsets()) {
+                (CpuStorage::F32(_), Some(r)) => Ok(r),
+                _ => candle_core::bail!("adam: expected contiguous f32 CPU tensors"),
+            }
+        };
+        let (d0, d1) = slice(dst, dst_l)?;
+        let (a0, a1) = slice(a, al)?;
+        let (b0, b1) = slice(b, bl)?;
+        let (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(d)) = (a, b, dst) else {
+            unreachable!("checked above");
+        };
+        let (a, b, d) = (&a[a0..a1], &b[b0..b1], &mut d[d0..d1]);
+        if a.len() != d.len() || b.len() != d.len() {
+            candle_core::bail!("adam: parameter, gradient and moments differ in size");
+        }
+        const CHUNK: usize = 1 << 14;
+        let k = self.k;
+        d.par_chunks_mut(CHUNK).enumerate().for_each(|(c, d)| {
+            let (a, b) = (&a[c * CHUNK..][..d.len()], &b[c * CHUNK..][..d.len()]);
+            match self.part {
+                Part::M => d.iter_mut().zip(a.iter().zip(b)).for_each(|(m, (&g, &p))| {
+                    *m = new_m(k, *m, decayed(k, g, p));
+                }),
+                Part::V => d.iter_mut().zip(a.iter().zip(b)).for_each(|(v, (&g, &p))| {
+                    *v = new_v(k, *v, decayed(k, g, p));
+                }),
+                Part::P => d.iter_mut().zip(a.iter().zip(b)).for_each(|(p, (&m, &v))| {
+                    *p = new_p(k, *p, m, v);
+                }),
+            }
+        });
+        Ok(())
+    }
+}
+
+// Each line below mirrors one Candle op of [`Adam::step`].
+
+/// The gradient with the L2 penalty added.
 #[inline(always)]
-fn update_one(k: &Coefs, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
-    let g = match k.weight_decay {
+fn decayed(k: &Coefs, g: f32, p: f32) -> f32 {
+    match k.weight_decay {
         Some(wd) => g + (p * wd + 0.0),
         None => g,
-    };
-    let m = (m * k.b1 + 0.0) + (g * k.one_minus_b1 + 0.0);
-    let v = (v * k.b2 + 0.0) + ((g * g) * k.one_minus_b2 + 0.0);
+    }
+}
+
+/// The first moment after one step.
+#[inline(always)]
+fn new_m(k: &Coefs, m: f32, g: f32) -> f32 {
+    (m * k.b1 + 0.0) + (g * k.one_minus_b1 + 0.0)
+}
+
+/// The second moment after one step.
+#[inline(always)]
+fn new_v(k: &Coefs, v: f32, g: f32) -> f32 {
+    (v * k.b2 + 0.0) + ((g * g) * k.one_minus_b2 + 0.0)
+}
+
+/// The parameter after one step, from the updated moments.
+#[inline(always)]
+fn new_p(k: &Coefs, p: f32, m: f32, v: f32) -> f32 {
     let denom = (v.sqrt() * k.inv_bias2_sqrt + 0.0) * 1.0 + k.eps;
     let update = (m / denom) * k.lr_over_bias1 + 0.0;
-    (p - update, m, v)
+    p - update
 }
 
 #[cfg(test)]
