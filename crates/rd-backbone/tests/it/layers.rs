@@ -65,6 +65,8 @@ fn batch_norm_train_matches_candle() {
         (4, 5, 3, 3, true),
         (1, 2, 9, 1, false),
         (3, 4, 6, 6, true),
+        // More channels than the kernel sums side by side, and not a multiple of them.
+        (2, 19, 4, 5, true),
     ];
     for (i, &(b, c, h, w, relu)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;

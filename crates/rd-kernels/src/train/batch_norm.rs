@@ -11,26 +11,50 @@ const LANES: usize = 8;
 
 /// Per-channel batch mean and biased variance of NCHW data, in f64, summed exactly as the
 /// reference BatchNorm sums them (sequentially over batch, then pixels; two passes).
+///
+/// Each channel's sum is one chain of dependent f64 adds, which runs at the add's latency (one
+/// value every few cycles). Walking [`STAT_GROUP`] channels side by side keeps as many
+/// independent chains in flight, so the adds overlap, while every channel still adds its
+/// values in the reference's order: the statistics are bit-identical.
 pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let n = b * hw;
     let scale = 1f64 / n as f64;
-    let planes = |ch: usize| (0..b).map(move |bi| &x[(bi * c + ch) * hw..][..hw]);
-    (0..c)
+    let groups: Vec<Vec<(f64, f64)>> = (0..c.div_ceil(STAT_GROUP))
         .into_par_iter()
-        .map(|ch| {
+        .map(|g| {
+            let ch0 = g * STAT_GROUP;
+            let k = STAT_GROUP.min(c - ch0);
+            // Channel `ch0 + j`, image `bi`, pixel `i` is x[(bi·c + ch0 + j)·hw + i].
+            let planes = |bi: usize| &x[(bi * c + ch0) * hw..][..k * hw];
+            let mut sum = [0f64; STAT_GROUP];
+            for bi in 0..b {
+                let p = planes(bi);
+                for i in 0..hw {
+                    for (j, s) in sum[..k].iter_mut().enumerate() {
+                        *s += p[j * hw + i] as f64;
+                    }
+                }
+            }
             // `v * scale + 0.0` is how Candle's `mean` scales its sum.
-            let mut sum = 0f64;
-            planes(ch).flatten().for_each(|&v| sum += v as f64);
-            let mean = sum * scale + 0.0;
-            let mut sq = 0f64;
-            planes(ch).flatten().for_each(|&v| {
-                let d = v as f64 - mean;
-                sq += d * d;
-            });
-            (mean, sq * scale + 0.0)
+            let mean = sum.map(|s| s * scale + 0.0);
+            let mut sq = [0f64; STAT_GROUP];
+            for bi in 0..b {
+                let p = planes(bi);
+                for i in 0..hw {
+                    for (j, s) in sq[..k].iter_mut().enumerate() {
+                        let d = p[j * hw + i] as f64 - mean[j];
+                        *s += d * d;
+                    }
+                }
+            }
+            (0..k).map(|j| (mean[j], sq[j] * scale + 0.0)).collect()
         })
-        .unzip()
+        .collect();
+    groups.into_iter().flatten().unzip()
 }
+
+/// Channels whose statistics [`channel_stats`] sums side by side.
+const STAT_GROUP: usize = 8;
 
 /// Training-mode BatchNorm with given batch statistics, optionally followed by ReLU (see
 /// [`batch_norm`]).
