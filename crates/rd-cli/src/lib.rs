@@ -109,10 +109,7 @@ where
     // clap's messages start with their own "error: ", which callers print again.
     let clean = |e: clap::Error| {
         let text = e.render().to_string();
-        anyhow::anyhow!(
-            "{}",
-            text.trim_start_matches("error: ").trim_end().to_string()
-        )
+        anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end())
     };
     let mut matches = command.try_get_matches_from(argv).map_err(clean)?;
     A::from_arg_matches_mut(&mut matches).map_err(clean)

@@ -554,10 +554,13 @@ mod tests {
                     continue;
                 }
                 for feature in ["cuda", "metal"] {
+                    // `dep?/feature` forwards to an optional dependency when it is enabled.
                     let wanted = format!("{dep}/{feature}");
-                    let forwards = p["features"][feature]
-                        .as_array()
-                        .is_some_and(|f| f.iter().any(|v| v.as_str() == Some(wanted.as_str())));
+                    let optional = format!("{dep}?/{feature}");
+                    let forwards = p["features"][feature].as_array().is_some_and(|f| {
+                        f.iter()
+                            .any(|v| v.as_str() == Some(&wanted) || v.as_str() == Some(&optional))
+                    });
                     if !forwards {
                         missing.push(format!("{name}: {feature} lacks {wanted}"));
                     }
