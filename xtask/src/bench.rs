@@ -216,6 +216,8 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
         .num_threads(args.threads)
         .build()?;
     let peak = gemm_peak(args.threads)?;
+    rd_kernels::profile::enable();
+    let mut kernels = Vec::new();
     println!(
         "Training step phases, batch 8, {}², {} threads; GEMM peak {peak:.0} GFLOP/s\n",
         args.size, args.threads
@@ -231,6 +233,9 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
             let mut times = vec![Vec::new(); PHASES.len()];
             let mut gflop = [0f64; PHASES.len()];
             for i in 0..args.warmup + args.runs {
+                if i == args.warmup {
+                    rd_kernels::profile::take();
+                }
                 let mut marks = vec![(Instant::now(), gemm_flops())];
                 let mut mark = || marks.push((Instant::now(), gemm_flops()));
                 let teacher = trainer.model().teacher().forward(&x)?;
@@ -253,6 +258,7 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
             }
             Ok((times, gflop))
         })?;
+        kernels.push((backbone, rd_kernels::profile::take()));
         let mut total = (0.0, 0.0);
         for (p, name) in PHASES.iter().enumerate() {
             let t = median(&times[p]);

@@ -32,6 +32,7 @@ mod epilogue;
 pub mod eval;
 pub mod gemm;
 mod geom;
+pub mod profile;
 mod runtime;
 mod tensor;
 pub mod train;

@@ -24,27 +24,29 @@ impl CustomOp2 for AddReluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        count_call();
-        if l1.shape() != l2.shape() {
-            bail!(
-                "add_relu: shapes {:?} and {:?} differ",
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let (a, b) = (
-            f32_slice(s1, l1, "add_relu")?,
-            f32_slice(s2, l2, "add_relu")?,
-        );
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        crate::profile::timed("add + ReLU forward", || {
+            count_call();
+            if l1.shape() != l2.shape() {
+                bail!(
+                    "add_relu: shapes {:?} and {:?} differ",
+                    l1.shape(),
+                    l2.shape()
+                )
+            }
+            let (a, b) = (
+                f32_slice(s1, l1, "add_relu")?,
+                f32_slice(s2, l2, "add_relu")?,
+            );
+            let mut out = vec![0f32; a.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(o, (a, b))| {
+                    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                        *o = (a + b).max(0.0);
+                    }
+                });
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
     }
 
     fn bwd(
@@ -54,24 +56,26 @@ impl CustomOp2 for AddReluOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        count_call();
-        let g = with_f32(res, "add_relu", |y| {
-            with_f32(dy, "add_relu", |dy| {
-                let mut g = vec![0f32; y.len()];
-                g.par_chunks_mut(CHUNK)
-                    .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-                    .for_each(|(g, (y, dy))| {
-                        for ((g, y), dy) in g.iter_mut().zip(y).zip(dy) {
-                            *g = if *y > 0.0 { *dy } else { 0.0 };
-                        }
-                    });
-                g
-            })
-        })??;
-        let g = from_vec(g, res.dims())?;
-        let ga = a.track_op().then(|| g.clone());
-        let gb = b.track_op().then_some(g);
-        Ok((ga, gb))
+        crate::profile::timed("add + ReLU backward", || {
+            count_call();
+            let g = with_f32(res, "add_relu", |y| {
+                with_f32(dy, "add_relu", |dy| {
+                    let mut g = vec![0f32; y.len()];
+                    g.par_chunks_mut(CHUNK)
+                        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                        .for_each(|(g, (y, dy))| {
+                            for ((g, y), dy) in g.iter_mut().zip(y).zip(dy) {
+                                *g = if *y > 0.0 { *dy } else { 0.0 };
+                            }
+                        });
+                    g
+                })
+            })??;
+            let g = from_vec(g, res.dims())?;
+            let ga = a.track_op().then(|| g.clone());
+            let gb = b.track_op().then_some(g);
+            Ok((ga, gb))
+        })
     }
 }
 

@@ -186,33 +186,35 @@ impl CustomOp3 for BatchNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        count_call();
-        let x = f32_slice(xs, xl, "batch_norm")?;
-        let (gamma, beta) = (
-            f32_slice(gs, gl, "batch_norm")?,
-            f32_slice(bs, bl, "batch_norm")?,
-        );
-        let &[_, c, h, w] = xl.dims() else {
-            bail!("batch_norm: expected an NCHW input, got {:?}", xl.shape())
-        };
-        if gamma.len() != c || beta.len() != c || self.mean.len() != c {
-            bail!("batch_norm: {} channels but {} weights", c, gamma.len())
-        }
-        // Same operations in the same order as the reference: (x − mean)·(invstd·γ) + β.
-        let scale: Vec<f32> = self.invstd.iter().zip(gamma).map(|(i, g)| i * g).collect();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w))
-            .enumerate()
-            .for_each(|(p, (o, x))| {
-                let ch = p % c;
-                let (m, s, b) = (self.mean[ch], scale[ch], beta[ch]);
-                for (o, &x) in o.iter_mut().zip(x) {
-                    let v = (x - m) * s + b;
-                    *o = if self.relu { v.max(0.0) } else { v };
-                }
-            });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
+        crate::profile::timed("BatchNorm forward", || {
+            count_call();
+            let x = f32_slice(xs, xl, "batch_norm")?;
+            let (gamma, beta) = (
+                f32_slice(gs, gl, "batch_norm")?,
+                f32_slice(bs, bl, "batch_norm")?,
+            );
+            let &[_, c, h, w] = xl.dims() else {
+                bail!("batch_norm: expected an NCHW input, got {:?}", xl.shape())
+            };
+            if gamma.len() != c || beta.len() != c || self.mean.len() != c {
+                bail!("batch_norm: {} channels but {} weights", c, gamma.len())
+            }
+            // Same operations in the same order as the reference: (x − mean)·(invstd·γ) + β.
+            let scale: Vec<f32> = self.invstd.iter().zip(gamma).map(|(i, g)| i * g).collect();
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(h * w)
+                .zip(x.par_chunks(h * w))
+                .enumerate()
+                .for_each(|(p, (o, x))| {
+                    let ch = p % c;
+                    let (m, s, b) = (self.mean[ch], scale[ch], beta[ch]);
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        let v = (x - m) * s + b;
+                        *o = if self.relu { v.max(0.0) } else { v };
+                    }
+                });
+            Ok((CpuStorage::F32(out), xl.shape().clone()))
+        })
     }
 
     fn bwd(
@@ -223,28 +225,30 @@ impl CustomOp3 for BatchNormOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        count_call();
-        let (b, _, h, w) = x.dims4()?;
-        let gv = gamma.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let need_dx = x.track_op();
-        let (sums, dx) = with_f32(x, "batch_norm", |x| {
-            with_f32(res, "batch_norm", |y| {
-                with_f32(dy, "batch_norm", |dy| {
-                    let sums = self.sums(x, y, dy, b, h * w);
-                    let dx = need_dx.then(|| self.grad_input(x, y, dy, &gv, &sums, b));
-                    (sums, dx)
+        crate::profile::timed("BatchNorm backward", || {
+            count_call();
+            let (b, _, h, w) = x.dims4()?;
+            let gv = gamma.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let need_dx = x.track_op();
+            let (sums, dx) = with_f32(x, "batch_norm", |x| {
+                with_f32(res, "batch_norm", |y| {
+                    with_f32(dy, "batch_norm", |dy| {
+                        let sums = self.sums(x, y, dy, b, h * w);
+                        let dx = need_dx.then(|| self.grad_input(x, y, dy, &gv, &sums, b));
+                        (sums, dx)
+                    })
                 })
-            })
-        })???;
-        let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-        let dx = dx.map(|v| from_vec(v, x.dims())).transpose()?;
-        let dg = gamma
-            .track_op()
-            .then(|| from_vec(as_f32(&sums.dy_xhat), gamma.dims()));
-        let db = beta
-            .track_op()
-            .then(|| from_vec(as_f32(&sums.dy), beta.dims()));
-        Ok((dx, dg.transpose()?, db.transpose()?))
+            })???;
+            let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let dx = dx.map(|v| from_vec(v, x.dims())).transpose()?;
+            let dg = gamma
+                .track_op()
+                .then(|| from_vec(as_f32(&sums.dy_xhat), gamma.dims()));
+            let db = beta
+                .track_op()
+                .then(|| from_vec(as_f32(&sums.dy), beta.dims()));
+            Ok((dx, dg.transpose()?, db.transpose()?))
+        })
     }
 }
 
@@ -254,7 +258,9 @@ pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     ensure_cpu_f32("train::batch_stats", &[x])?;
     count_call();
     let (b, c, h, w) = x.dims4()?;
-    with_f32(x, "train::batch_stats", |x| channel_stats(x, b, c, h * w))
+    crate::profile::timed("BatchNorm statistics", || {
+        with_f32(x, "train::batch_stats", |x| channel_stats(x, b, c, h * w))
+    })
 }
 
 /// Differentiable training-mode BatchNorm `(x − mean)·(invstd·γ) + β` of NCHW `x` with the

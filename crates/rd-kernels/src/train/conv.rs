@@ -133,36 +133,38 @@ impl CustomOp2 for Conv2dOp {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        count_call();
-        let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
-        let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
-        let (kd, n) = (g.kdim(), g.n());
-        let shape = Shape::from((g.b, g.co, g.ho, g.wo));
-        let mut out = vec![0f32; g.b * g.co * n];
-        if g.b > 1 && n < BATCH_BELOW_PIXELS {
-            // Small maps: one GEMM for the batch, as in eval mode (the same sums).
-            if let Some(wide) = conv2d_wide(x, w, &g, &Epilogue::default()) {
-                scatter_planes(&wide, &mut out, (g.b, g.co, n), &Epilogue::default());
-                return Ok((CpuStorage::F32(out), shape));
+        crate::profile::timed("convolution forward", || {
+            count_call();
+            let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
+            let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
+            let (kd, n) = (g.kdim(), g.n());
+            let shape = Shape::from((g.b, g.co, g.ho, g.wo));
+            let mut out = vec![0f32; g.b * g.co * n];
+            if g.b > 1 && n < BATCH_BELOW_PIXELS {
+                // Small maps: one GEMM for the batch, as in eval mode (the same sums).
+                if let Some(wide) = conv2d_wide(x, w, &g, &Epilogue::default()) {
+                    scatter_planes(&wide, &mut out, (g.b, g.co, n), &Epilogue::default());
+                    return Ok((CpuStorage::F32(out), shape));
+                }
             }
-        }
-        let mut buf = Vec::new();
-        for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
-            let img = &x[bi * g.in_len()..][..g.in_len()];
-            // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
-            let lhs = MatRef::rows(w, kd);
-            let packed = if g.pointwise() {
-                gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
-            } else {
-                gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
-            };
-            if !packed {
-                buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
-                let col = g.col(img, &mut buf);
-                gemm_acc(dst, w, col, g.co, n, kd);
+            let mut buf = Vec::new();
+            for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
+                let img = &x[bi * g.in_len()..][..g.in_len()];
+                // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+                let lhs = MatRef::rows(w, kd);
+                let packed = if g.pointwise() {
+                    gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+                } else {
+                    gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+                };
+                if !packed {
+                    buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
+                    let col = g.col(img, &mut buf);
+                    gemm_acc(dst, w, col, g.co, n, kd);
+                }
             }
-        }
-        Ok((CpuStorage::F32(out), shape))
+            Ok((CpuStorage::F32(out), shape))
+        })
     }
 
     fn bwd(
@@ -172,25 +174,27 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        count_call();
-        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        let dx = if x.track_op() {
-            let v = with_f32(w, "conv2d", |w| {
-                with_f32(dy, "conv2d", |dy| self.grad_input(&g, w, dy))
-            })??;
-            Some(from_vec(v, x.dims())?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let v = with_f32(x, "conv2d", |x| {
-                with_f32(dy, "conv2d", |dy| self.grad_weight(&g, x, dy))
-            })??;
-            Some(from_vec(v, w.dims())?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        crate::profile::timed("convolution backward", || {
+            count_call();
+            let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+            let dx = if x.track_op() {
+                let v = with_f32(w, "conv2d", |w| {
+                    with_f32(dy, "conv2d", |dy| self.grad_input(&g, w, dy))
+                })??;
+                Some(from_vec(v, x.dims())?)
+            } else {
+                None
+            };
+            let dw = if w.track_op() {
+                let v = with_f32(x, "conv2d", |x| {
+                    with_f32(dy, "conv2d", |dy| self.grad_weight(&g, x, dy))
+                })??;
+                Some(from_vec(v, w.dims())?)
+            } else {
+                None
+            };
+            Ok((dx, dw))
+        })
     }
 }
 

@@ -88,15 +88,17 @@ impl CustomOp2 for Deconv2x2Op {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        count_call();
-        let (b, ci, co, h, wd) = deconv_dims(xl.dims(), wl.dims())?;
-        let (x, w) = (
-            f32_slice(xs, xl, "deconv2x2")?,
-            f32_slice(ws, wl, "deconv2x2")?,
-        );
-        let epilogue = Epilogue::default();
-        let out = deconv2x2_data(x, w, (b, ci, co), (h, wd), &epilogue);
-        Ok((CpuStorage::F32(out), Shape::from((b, co, 2 * h, 2 * wd))))
+        crate::profile::timed("deconvolution forward", || {
+            count_call();
+            let (b, ci, co, h, wd) = deconv_dims(xl.dims(), wl.dims())?;
+            let (x, w) = (
+                f32_slice(xs, xl, "deconv2x2")?,
+                f32_slice(ws, wl, "deconv2x2")?,
+            );
+            let epilogue = Epilogue::default();
+            let out = deconv2x2_data(x, w, (b, ci, co), (h, wd), &epilogue);
+            Ok((CpuStorage::F32(out), Shape::from((b, co, 2 * h, 2 * wd))))
+        })
     }
 
     fn bwd(
@@ -106,38 +108,40 @@ impl CustomOp2 for Deconv2x2Op {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        count_call();
-        let (b, ci, co, h, wd) = deconv_dims(x.dims(), w.dims())?;
-        let (n, c4) = (h * wd, co * 4);
-        let (need_dx, need_dw) = (x.track_op(), w.track_op());
-        let (dx, dw) = with_f32(x, "deconv2x2", |x| {
-            with_f32(w, "deconv2x2", |w| {
-                with_f32(dy, "deconv2x2", |dy| {
-                    let mut dx = vec![0f32; if need_dx { b * ci * n } else { 0 }];
-                    let mut dw = vec![0f32; if need_dw { ci * c4 } else { 0 }];
-                    if b > 1 && n < BATCH_BELOW_PIXELS {
-                        let (dims, hw) = ((b, ci, co), (h, wd));
-                        Self::backward_batched(x, w, dy, dims, hw, &mut dx, &mut dw);
-                        return (dx, dw);
-                    }
-                    let (mut u, mut ut) = (Scratch::take(c4 * n), Scratch::take(c4 * n));
-                    for bi in 0..b {
-                        Self::unshuffle(&dy[bi * c4 * n..][..c4 * n], &mut u, h, wd);
-                        if need_dx {
-                            gemm_acc(&mut dx[bi * ci * n..][..ci * n], w, &u, ci, n, c4);
+        crate::profile::timed("deconvolution backward", || {
+            count_call();
+            let (b, ci, co, h, wd) = deconv_dims(x.dims(), w.dims())?;
+            let (n, c4) = (h * wd, co * 4);
+            let (need_dx, need_dw) = (x.track_op(), w.track_op());
+            let (dx, dw) = with_f32(x, "deconv2x2", |x| {
+                with_f32(w, "deconv2x2", |w| {
+                    with_f32(dy, "deconv2x2", |dy| {
+                        let mut dx = vec![0f32; if need_dx { b * ci * n } else { 0 }];
+                        let mut dw = vec![0f32; if need_dw { ci * c4 } else { 0 }];
+                        if b > 1 && n < BATCH_BELOW_PIXELS {
+                            let (dims, hw) = ((b, ci, co), (h, wd));
+                            Self::backward_batched(x, w, dy, dims, hw, &mut dx, &mut dw);
+                            return (dx, dw);
                         }
-                        if need_dw {
-                            transpose_into(&u, c4, n, &mut ut);
-                            gemm_acc(&mut dw, &x[bi * ci * n..][..ci * n], &ut, ci, c4, n);
+                        let (mut u, mut ut) = (Scratch::take(c4 * n), Scratch::take(c4 * n));
+                        for bi in 0..b {
+                            Self::unshuffle(&dy[bi * c4 * n..][..c4 * n], &mut u, h, wd);
+                            if need_dx {
+                                gemm_acc(&mut dx[bi * ci * n..][..ci * n], w, &u, ci, n, c4);
+                            }
+                            if need_dw {
+                                transpose_into(&u, c4, n, &mut ut);
+                                gemm_acc(&mut dw, &x[bi * ci * n..][..ci * n], &ut, ci, c4, n);
+                            }
                         }
-                    }
-                    (dx, dw)
+                        (dx, dw)
+                    })
                 })
-            })
-        })???;
-        let dx = need_dx.then(|| from_vec(dx, x.dims())).transpose()?;
-        let dw = need_dw.then(|| from_vec(dw, w.dims())).transpose()?;
-        Ok((dx, dw))
+            })???;
+            let dx = need_dx.then(|| from_vec(dx, x.dims())).transpose()?;
+            let dw = need_dw.then(|| from_vec(dw, w.dims())).transpose()?;
+            Ok((dx, dw))
+        })
     }
 }
 
