@@ -270,6 +270,18 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
             phase_line(backbone, "**step**", total.0, total.1, peak)
         );
     }
+    println!("\nTime inside the training kernels (Candle custom ops), per step:\n");
+    println!("| backbone | kernel | calls per step | per step |\n|---|---|---:|---:|");
+    let runs = args.runs.max(1);
+    for (backbone, rows) in kernels {
+        for (name, calls, secs) in rows {
+            println!(
+                "| {backbone} | {name} | {} | {} |",
+                calls / runs as u64,
+                fmt_time(secs / runs as f64)
+            );
+        }
+    }
     Ok(())
 }
 
