@@ -179,7 +179,11 @@ impl CustomOp2 for Conv2dOp {
             let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
             let dx = if x.track_op() {
                 let v = with_f32(w, "conv2d", |w| {
-                    with_f32(dy, "conv2d", |dy| self.grad_input(&g, w, dy))
+                    with_f32(dy, "conv2d", |dy| {
+                        crate::profile::timed("convolution input gradient", || {
+                            self.grad_input(&g, w, dy)
+                        })
+                    })
                 })??;
                 Some(from_vec(v, x.dims())?)
             } else {
@@ -187,7 +191,11 @@ impl CustomOp2 for Conv2dOp {
             };
             let dw = if w.track_op() {
                 let v = with_f32(x, "conv2d", |x| {
-                    with_f32(dy, "conv2d", |dy| self.grad_weight(&g, x, dy))
+                    with_f32(dy, "conv2d", |dy| {
+                        crate::profile::timed("convolution weight gradient", || {
+                            self.grad_weight(&g, x, dy)
+                        })
+                    })
                 })??;
                 Some(from_vec(v, w.dims())?)
             } else {
