@@ -177,30 +177,23 @@ impl CustomOp2 for Conv2dOp {
         crate::profile::timed("convolution backward", || {
             count_call();
             let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-            let dx = if x.track_op() {
-                let v = with_f32(w, "conv2d", |w| {
-                    with_f32(dy, "conv2d", |dy| {
-                        crate::profile::timed("convolution input gradient", || {
-                            self.grad_input(&g, w, dy)
-                        })
-                    })
+            // One gradient, `f(a, dy)` on the f32 data and shaped like `like`, if it needs one.
+            type Grad<'a> = &'a dyn Fn(&[f32], &[f32]) -> Vec<f32>;
+            let grad = |like: &Tensor, a: &Tensor, what: &'static str, f: Grad| {
+                if !like.track_op() {
+                    return Ok(None);
+                }
+                let v = with_f32(a, "conv2d", |a| {
+                    with_f32(dy, "conv2d", |dy| crate::profile::timed(what, || f(a, dy)))
                 })??;
-                Some(from_vec(v, x.dims())?)
-            } else {
-                None
+                from_vec(v, like.dims()).map(Some)
             };
-            let dw = if w.track_op() {
-                let v = with_f32(x, "conv2d", |x| {
-                    with_f32(dy, "conv2d", |dy| {
-                        crate::profile::timed("convolution weight gradient", || {
-                            self.grad_weight(&g, x, dy)
-                        })
-                    })
-                })??;
-                Some(from_vec(v, w.dims())?)
-            } else {
-                None
-            };
+            let dx = grad(x, w, "convolution input gradient", &|w, dy| {
+                self.grad_input(&g, w, dy)
+            })?;
+            let dw = grad(w, x, "convolution weight gradient", &|x, dy| {
+                self.grad_weight(&g, x, dy)
+            })?;
             Ok((dx, dw))
         })
     }
