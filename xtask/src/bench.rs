@@ -161,16 +161,39 @@ fn gemm_table(threads: usize) -> Result<()> {
 fn gemm_peak(threads: usize) -> Result<f64> {
     let mut best = 0f64;
     for shape in GEMM_SHAPES {
-        let (ours, theirs) = gemm_gflops(threads, shape)?;
-        best = best.max(if ours.is_nan() { theirs } else { ours });
+        best = best.max(time_gemm(threads, shape, Kernel::Models)?);
     }
     Ok(best)
 }
 
-/// GFLOP/s of the AVX-512 kernel (NaN without AVX-512) and of the `gemm` crate on one shape,
-/// best of several repetitions each.
-fn gemm_gflops(threads: usize, (m, n, k): (usize, usize, usize)) -> Result<(f64, f64)> {
+/// Which GEMM [`time_gemm`] times.
+#[derive(Clone, Copy)]
+enum Kernel {
+    /// The AVX-512 kernel (NaN without AVX-512).
+    Avx512,
+    /// The `gemm` crate.
+    GemmCrate,
+    /// Whichever of the two the models run on this CPU.
+    Models,
+}
+
+/// GFLOP/s of the AVX-512 kernel (NaN without AVX-512) and of the `gemm` crate on one shape.
+fn gemm_gflops(threads: usize, shape: (usize, usize, usize)) -> Result<(f64, f64)> {
+    Ok((
+        time_gemm(threads, shape, Kernel::Avx512)?,
+        time_gemm(threads, shape, Kernel::GemmCrate)?,
+    ))
+}
+
+/// GFLOP/s of one GEMM kernel on one shape, best of several repetitions.
+fn time_gemm(threads: usize, (m, n, k): (usize, usize, usize), kernel: Kernel) -> Result<f64> {
     use rd_kernels::gemm;
+    let avx512 = match kernel {
+        Kernel::Avx512 if !gemm::avx512_available() => return Ok(f64::NAN),
+        Kernel::Avx512 => true,
+        Kernel::GemmCrate => false,
+        Kernel::Models => gemm::avx512_available(),
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
@@ -182,26 +205,23 @@ fn gemm_gflops(threads: usize, (m, n, k): (usize, usize, usize)) -> Result<(f64,
     let (a, b) = (values(m * k), values(k * n));
     let flops = 2.0 * (m * n * k) as f64;
     let reps = ((2e10 / flops) as usize).clamp(3, 200);
-    let time = |f: &dyn Fn(&mut [f32])| {
+    let run = |c: &mut [f32]| {
+        if avx512 {
+            gemm::try_acc(c, &a, &b, m, n, k);
+        } else {
+            gemm::gemm_crate_acc(c, &a, &b, m, n, k);
+        }
+    };
+    Ok(pool.install(|| {
         let mut c = vec![0f32; m * n];
-        f(&mut c);
+        run(&mut c);
         let mut best = f64::MAX;
         for _ in 0..reps {
             let t = Instant::now();
-            f(&mut c);
+            run(&mut c);
             best = best.min(t.elapsed().as_secs_f64());
         }
         flops / best / 1e9
-    };
-    Ok(pool.install(|| {
-        let ours = if gemm::avx512_available() {
-            time(&|c| {
-                gemm::try_acc(c, &a, &b, m, n, k);
-            })
-        } else {
-            f64::NAN
-        };
-        (ours, time(&|c| gemm::gemm_crate_acc(c, &a, &b, m, n, k)))
     }))
 }
 
@@ -226,6 +246,11 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
     println!("|---|---|---:|---:|---:|---:|");
     for backbone in &args.backbones {
         let backbone: Backbone = backbone.parse()?;
+        eprintln!(
+            "timing {backbone}: {} steps ({} untimed)…",
+            args.warmup + args.runs,
+            args.warmup
+        );
         let (times, gflop) = pool.install(|| -> Result<_> {
             let model = seeded_model(backbone, args.size, &Device::Cpu)?;
             let x = input(8, args.size, &Device::Cpu)?;

@@ -1,11 +1,13 @@
 //! `cargo xtask eval`: a per-category table of a set of models, beside the published numbers.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
+
+use crate::path_arg as path;
 
 /// Arguments of `cargo xtask eval`.
 #[derive(Debug, Args)]
@@ -100,10 +102,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     std::fs::write(args.out.join("eval.md"), &table)?;
     println!("{table}");
     Ok(())
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// The per-category table with published numbers (and means) in Markdown.

@@ -28,3 +28,8 @@ pub fn workspace_root() -> PathBuf {
         std::env::current_dir().unwrap_or(root)
     }
 }
+
+/// A path as a command-line argument of the rd subcommands xtask runs.
+pub(crate) fn path_arg(p: &std::path::Path) -> String {
+    p.display().to_string()
+}

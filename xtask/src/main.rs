@@ -37,7 +37,8 @@ enum Command {
 
 fn main() -> ExitCode {
     rd_kernels::use_small_pages();
-    init_logging();
+    // Logs as `rd` writes them (RUST_LOG; warnings by default): xtask runs rd's subcommands.
+    rd_cli::init_logging(false);
     let result = match Cli::parse().command {
         Command::Download(args) => xtask::download::run(args),
         Command::Train(args) => xtask::train::run(args),
@@ -55,15 +56,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings), as in `rd`.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rd_dataset::synthetic::{generate, SyntheticConfig};
 
-use crate::workspace_root;
+use crate::{path_arg as path, workspace_root};
 
 /// Arguments of `cargo xtask train`.
 #[derive(Debug, Args)]
@@ -136,10 +136,6 @@ fn rd_train_args(
         train.push("--allow-random-teacher".into());
     }
     train
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// Heatmaps of the first defective test image of each defect type; returns the overlay paths.

@@ -89,6 +89,12 @@ pub fn calls() -> u64 {
     CALLS.with(Cell::get)
 }
 
+/// Runs one training kernel: counted (see [`calls`]) and timed when [`profile`] records.
+fn kernel_call<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    count_call();
+    profile::timed(name, f)
+}
+
 /// Counts one kernel call on this thread (see [`calls`]).
 fn count_call() {
     CALLS.with(|c| c.set(c.get() + 1));

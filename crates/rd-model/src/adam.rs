@@ -108,7 +108,7 @@ impl Adam {
             s.step += 1;
             if fused_ok(&p, &g, s) {
                 // The fused pass adds the weight decay itself.
-                step_fused(&c, var, &p, &g, s)?;
+                step_fused(&c, &p, &g, s)?;
                 continue;
             }
             if c.weight_decay != 0.0 {
@@ -193,7 +193,7 @@ struct Coefs {
 /// (moments, then the parameter) instead of the dozen full-size temporaries that sequence
 /// allocates: no allocation, no page faults, and each array is read or written as few times as
 /// one output buffer per pass allows.
-fn step_fused(c: &AdamConfig, var: &Var, p: &Tensor, g: &Tensor, s: &mut Moments) -> Result<()> {
+fn step_fused(c: &AdamConfig, p: &Tensor, g: &Tensor, s: &mut Moments) -> Result<()> {
     let k = Coefs {
         b1: c.beta1 as f32,
         one_minus_b1: (1.0 - c.beta1) as f32,
@@ -221,7 +221,6 @@ fn step_fused(c: &AdamConfig, var: &Var, p: &Tensor, g: &Tensor, s: &mut Moments
         },
     )?;
     // `p` shares the variable's storage: updating it in place updates the variable.
-    debug_assert!(p.is_contiguous() && var.as_tensor().is_contiguous());
     p.inplace_op3(
         &s.m,
         &s.v,

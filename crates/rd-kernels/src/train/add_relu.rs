@@ -3,7 +3,6 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::count_call;
 use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
 
 /// Element-wise passes work on chunks of this many values per rayon task.
@@ -24,8 +23,7 @@ impl CustomOp2 for AddReluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("add + ReLU forward", || {
-            count_call();
+        crate::kernel_call("add + ReLU forward", || {
             if l1.shape() != l2.shape() {
                 bail!(
                     "add_relu: shapes {:?} and {:?} differ",
@@ -56,8 +54,7 @@ impl CustomOp2 for AddReluOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("add + ReLU backward", || {
-            count_call();
+        crate::kernel_call("add + ReLU backward", || {
             let g = with_f32(res, "add_relu", |y| {
                 with_f32(dy, "add_relu", |dy| {
                     let mut g = vec![0f32; y.len()];

@@ -3,7 +3,6 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::count_call;
 use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
 
 /// Independent f64 accumulators per channel in the BatchNorm backward sums.
@@ -186,8 +185,7 @@ impl CustomOp3 for BatchNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("BatchNorm forward", || {
-            count_call();
+        crate::kernel_call("BatchNorm forward", || {
             let x = f32_slice(xs, xl, "batch_norm")?;
             let (gamma, beta) = (
                 f32_slice(gs, gl, "batch_norm")?,
@@ -225,8 +223,7 @@ impl CustomOp3 for BatchNormOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("BatchNorm backward", || {
-            count_call();
+        crate::kernel_call("BatchNorm backward", || {
             let (b, _, h, w) = x.dims4()?;
             let gv = gamma.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             let need_dx = x.track_op();
@@ -256,9 +253,8 @@ impl CustomOp3 for BatchNormOp {
 /// [`channel_stats`]).
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     ensure_cpu_f32("train::batch_stats", &[x])?;
-    count_call();
     let (b, c, h, w) = x.dims4()?;
-    crate::profile::timed("BatchNorm statistics", || {
+    crate::kernel_call("BatchNorm statistics", || {
         with_f32(x, "train::batch_stats", |x| channel_stats(x, b, c, h * w))
     })
 }

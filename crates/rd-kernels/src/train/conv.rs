@@ -8,7 +8,7 @@ use crate::eval::{conv2d_wide, scatter_planes, BATCH_BELOW_PIXELS};
 use crate::gemm::{self, gemm_acc, Batch, Dense, MatRef};
 use crate::geom::ConvGeom;
 use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
-use crate::{count_call, Epilogue};
+use crate::Epilogue;
 
 /// Least GEMM depth (pixels summed over) of a weight-gradient GEMM, reached by grouping images.
 const DW_MIN_DEPTH: usize = 512;
@@ -133,8 +133,7 @@ impl CustomOp2 for Conv2dOp {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("convolution forward", || {
-            count_call();
+        crate::kernel_call("convolution forward", || {
             let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
             let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
             let (kd, n) = (g.kdim(), g.n());
@@ -174,8 +173,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("convolution backward", || {
-            count_call();
+        crate::kernel_call("convolution backward", || {
             let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
             // One gradient, `f(a, dy)` on the f32 data and shaped like `like`, if it needs one.
             type Grad<'a> = &'a dyn Fn(&[f32], &[f32]) -> Vec<f32>;

@@ -7,7 +7,7 @@ use super::scratch::{transpose_into, Scratch};
 use crate::eval::{deconv2x2_data, deconv_dims, scatter_planes, BATCH_BELOW_PIXELS};
 use crate::gemm::gemm_acc;
 use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
-use crate::{count_call, Epilogue};
+use crate::Epilogue;
 
 /// ConvTranspose2d with kernel 2, stride 2, no padding or bias (see [`deconv2x2`]).
 struct Deconv2x2Op;
@@ -88,8 +88,7 @@ impl CustomOp2 for Deconv2x2Op {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::profile::timed("deconvolution forward", || {
-            count_call();
+        crate::kernel_call("deconvolution forward", || {
             let (b, ci, co, h, wd) = deconv_dims(xl.dims(), wl.dims())?;
             let (x, w) = (
                 f32_slice(xs, xl, "deconv2x2")?,
@@ -108,8 +107,7 @@ impl CustomOp2 for Deconv2x2Op {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        crate::profile::timed("deconvolution backward", || {
-            count_call();
+        crate::kernel_call("deconvolution backward", || {
             let (b, ci, co, h, wd) = deconv_dims(x.dims(), w.dims())?;
             let (n, c4) = (h * wd, co * 4);
             let (need_dx, need_dw) = (x.track_op(), w.track_op());
