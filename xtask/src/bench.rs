@@ -17,7 +17,8 @@ use clap::Args;
 use rd_anomaly_map::MapMode;
 use rd_backbone::{Backbone, Teacher};
 use rd_model::{
-    AdamConfig, DeviceSpec, ModelConfig, ModelMeta, ReverseDistillation, Student, Trainer, Variant,
+    AdamConfig, Backprop, DeviceSpec, ModelConfig, ModelMeta, ReverseDistillation, StepPhase,
+    Student, Trainer, Variant,
 };
 use serde_json::{json, Value};
 
@@ -68,6 +69,10 @@ pub struct BenchArgs {
     /// Run our side through the reference (pure Candle) path instead of the fast kernels.
     #[arg(long)]
     pub reference: bool,
+    /// Train through Candle's autograd over the kernels instead of the explicit training
+    /// engine (the engine's A/B baseline).
+    #[arg(long)]
+    pub graph: bool,
     /// Only time the GEMM on convolution-shaped products: GFLOP/s of the AVX-512 kernel and of
     /// the `gemm` crate (the machine's GEMM peak that the model rows are measured against).
     #[arg(long)]
@@ -79,6 +84,17 @@ pub struct BenchArgs {
     /// Internal: run one measurement in this process (`infer:BACKBONE:BATCH` or `train:…`).
     #[arg(long, hide = true)]
     pub worker: Option<String>,
+}
+
+impl BenchArgs {
+    /// How our training rows compute their gradients.
+    fn backprop(&self) -> Backprop {
+        if self.graph {
+            Backprop::Graph
+        } else {
+            Backprop::Engine
+        }
+    }
 }
 
 /// Runs the benchmark (re-running itself as a release build first when built for debugging).
@@ -231,7 +247,11 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
     if args.device != DeviceSpec::Cpu {
         bail!("--phases times CPU work (a GPU runs asynchronously); use the rows instead");
     }
-    const PHASES: [&str; 5] = ["teacher", "student forward", "loss", "backward", "Adam"];
+    let phases: Vec<&str> = StepPhase::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(["Adam"])
+        .collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build()?;
@@ -255,25 +275,18 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
             let model = seeded_model(backbone, args.size, &Device::Cpu)?;
             let x = input(8, args.size, &Device::Cpu)?;
             let mut trainer = Trainer::new(model, AdamConfig::anomalib());
-            let mut times = vec![Vec::new(); PHASES.len()];
-            let mut gflop = [0f64; PHASES.len()];
+            let mut times = vec![Vec::new(); phases.len()];
+            let mut gflop = vec![0f64; phases.len()];
             for i in 0..args.warmup + args.runs {
                 if i == args.warmup {
                     rd_kernels::profile::take();
                 }
                 let mut marks = vec![(Instant::now(), gemm_flops())];
-                let mut mark = || marks.push((Instant::now(), gemm_flops()));
-                let teacher = trainer.model().teacher().forward(&x)?;
-                mark();
-                let (_, student) = trainer.model().student().forward_t(&teacher, true)?;
-                mark();
-                let loss = rd_model::rd_loss(&teacher, &student)?;
-                let _ = loss.value()?;
-                mark();
-                let grads = loss.total.backward()?;
-                mark();
-                trainer.optimizer_mut().step(&grads)?;
-                mark();
+                let mut mark = |_| marks.push((Instant::now(), gemm_flops()));
+                let state = trainer.compute_marked(&x, args.backprop(), &mut mark)?;
+                trainer.apply(&state)?;
+                mark(StepPhase::Backward);
+                drop(state);
                 if i >= args.warmup {
                     for (p, w) in marks.windows(2).enumerate() {
                         times[p].push((w[1].0 - w[0].0).as_secs_f64());
@@ -285,7 +298,7 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
         })?;
         kernels.push((backbone, rd_kernels::profile::take()));
         let mut total = (0.0, 0.0);
-        for (p, name) in PHASES.iter().enumerate() {
+        for (p, name) in phases.iter().enumerate() {
             let t = median(&times[p]);
             total = (total.0 + t, total.1 + gflop[p]);
             println!("{}", phase_line(backbone, name, t, gflop[p], peak));
@@ -629,6 +642,9 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
                 if args.reference {
                     ours.arg("--reference");
                 }
+                if args.graph {
+                    ours.arg("--graph");
+                }
                 let (out, mem) = watch_gpu(gpu, || run_captured(ours, "our worker"))?;
                 let v = last_json_line(&out)?;
                 row.ours.add(&v, mem)?;
@@ -881,8 +897,9 @@ fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
             let mut trainer = Trainer::new(model, AdamConfig::anomalib());
             for i in 0..args.warmup + args.runs {
                 let (t0, c0, f0) = (Instant::now(), cpu_seconds(), gemm_flops());
-                let loss = trainer.step(&x)?;
-                let _ = loss.value()?;
+                let state = trainer.compute_marked(&x, args.backprop(), &mut |_| {})?;
+                trainer.apply(&state)?;
+                let _ = state.loss.value()?;
                 if i >= args.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                     cpu += cpu_seconds() - c0;

@@ -159,27 +159,48 @@ impl BatchNorm2d {
     /// [`Self::forward_train`], the normalisation (and ReLU) as one fused, differentiable op.
     fn forward_train_fast(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let n = (b * h * w) as f64;
+        let (mean, invstd) =
+            kernels::with_f32(x, "BatchNorm2d", |v| self.train_stats(v, (b, c, h * w)))??;
+        train::batch_norm(x, &self.weight, &self.bias, mean, invstd, relu)
+    }
+
+    /// The training-mode statistics of an f32 NCHW batch `x` laid out as (images, channels,
+    /// pixels per plane): moves the running statistics, and returns the batch mean and
+    /// `1/√(var + ε)` as the normalisation uses them (f32; summed in f64 exactly as
+    /// [`Self::forward_t`] sums them, so both paths normalise with the same numbers).
+    pub fn train_stats(
+        &self,
+        x: &[f32],
+        (b, c, hw): (usize, usize, usize),
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = (b * hw) as f64;
         if n < 2.0 {
             candle_core::bail!(
-                "BatchNorm in training mode needs more than one value per channel, got {x:?}"
+                "BatchNorm in training mode needs more than one value per channel, got {b} \
+                 images of {hw} pixels"
             );
         }
-        let (mean, var) = train::batch_stats(x)?;
-        let mean = Tensor::from_vec(mean, c, x.device())?;
-        let var = Tensor::from_vec(var, c, x.device())?;
+        if self.weight.dim(0)? != c {
+            candle_core::bail!("BatchNorm of {} channels given {c}", self.weight.dim(0)?);
+        }
+        let (mean, var) = train::channel_stats(x, (b, c, hw));
+        let dev = self.weight.device();
+        let mean = Tensor::from_vec(mean, c, dev)?;
+        let var = Tensor::from_vec(var, c, dev)?;
         self.update_running(&mean, &var, n)?;
         // The same f64 ops as the reference path, so the f32 statistics are identical.
-        let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
-        let mean = mean.to_dtype(x.dtype())?;
-        train::batch_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            mean.to_vec1()?,
-            invstd.to_vec1()?,
-            relu,
-        )
+        let invstd = (var + Self::EPS)?.sqrt()?.recip()?.to_dtype(DType::F32)?;
+        Ok((mean.to_dtype(DType::F32)?.to_vec1()?, invstd.to_vec1()?))
+    }
+
+    /// γ, the per-channel scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// β, the per-channel shift.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     /// `act(bn(y) + residual)` on the training path (`train`: batch statistics, fused ops where
@@ -259,6 +280,16 @@ impl ConvBn {
         ConvBn { conv, bn }
     }
 
+    /// The convolution.
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    /// The BatchNorm after it.
+    pub fn bn(&self) -> &BatchNorm2d {
+        &self.bn
+    }
+
     /// `act(bn(conv(x)) + residual)`, ReLU when `relu`; `train` selects batch-statistics
     /// BatchNorm. Eval mode on the kernels is one fused pass without autograd graph.
     pub fn forward(
@@ -327,6 +358,16 @@ impl ResidualBlock {
         };
         Ok(ResidualBlock { stages, downsample })
     }
+
+    /// The main branch's stages, in order; each ends in ReLU, the last after the residual join.
+    pub fn stages(&self) -> &[ConvBn] {
+        &self.stages
+    }
+
+    /// The shortcut's convolution and BatchNorm, when the block changes shape.
+    pub fn downsample(&self) -> Option<&ConvBn> {
+        self.downsample.as_ref()
+    }
 }
 
 impl ModuleT for ResidualBlock {
@@ -369,6 +410,11 @@ impl ResLayer {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ResLayer { blocks })
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[ResidualBlock] {
+        &self.blocks
     }
 }
 

@@ -290,7 +290,9 @@ pub fn deconv2x2(
                     residual: rv,
                     relu,
                 };
-                deconv2x2_data(xv, wv, (b, ci, co), (h, wd), &epilogue)
+                let mut out = vec![0f32; b * co * 4 * h * wd];
+                deconv2x2_into(xv, wv, (b, ci, co), (h, wd), &epilogue, &mut out);
+                out
             })
         })
     })???;
@@ -298,19 +300,18 @@ pub fn deconv2x2(
 }
 
 /// The k2 s2 transposed convolution of `b` NCHW images `x` (ci × h × w each) with `w`
-/// (ci × co × 2 × 2), as an output buffer `b × co × 2h × 2w`: per image one GEMM and a pixel
-/// shuffle that applies the epilogue (whose residual is laid out like the output).
-pub(crate) fn deconv2x2_data(
+/// (ci × co × 2 × 2), into `out` (`b × co × 2h × 2w`, overwritten): per image one GEMM and a
+/// pixel shuffle that applies the epilogue (whose residual is laid out like the output).
+pub(crate) fn deconv2x2_into(
     x: &[f32],
     w: &[f32],
     (b, ci, co): (usize, usize, usize),
     (h, wd): (usize, usize),
     epilogue: &Epilogue,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let n = h * wd;
     let co4 = co * 4;
-    let plane_len = 4 * n;
-    let mut out = vec![0f32; b * co * plane_len];
     if b > 1 && n < BATCH_BELOW_PIXELS && gemm::avx512_available() {
         // One GEMM for the batch (the weight packed once): the images' pixels as rows of one
         // lhs, each image transposed into it (the same values in the same order as reading it
@@ -330,9 +331,9 @@ pub(crate) fn deconv2x2_data(
         gemm::try_acc_from(&mut tmp, MatRef::rows(&xt, ci), &rhs, b * n, co4, ci);
         for bi in 0..b {
             let tmp = &tmp[bi * n * co4..][..n * co4];
-            shuffle_image(&mut out, tmp, bi, (co, co4), (h, wd), epilogue);
+            shuffle_image(out, tmp, bi, (co, co4), (h, wd), epilogue);
         }
-        return out;
+        return;
     }
     let mut tmp = vec![0f32; n * co4];
     for bi in 0..b {
@@ -346,9 +347,8 @@ pub(crate) fn deconv2x2_data(
         if !gemm::try_acc_from(&mut tmp, lhs, &rhs, n, co4, ci) {
             gemm_strided_acc(&mut tmp, lhs, MatRef::rows(w, co4), n, co4, ci);
         }
-        shuffle_image(&mut out, &tmp, bi, (co, co4), (h, wd), epilogue);
+        shuffle_image(out, &tmp, bi, (co, co4), (h, wd), epilogue);
     }
-    out
 }
 
 /// Writes image `bi` of the deconvolution output from its GEMM result `tmp` (pixel-major).

@@ -7,17 +7,27 @@ use rayon::prelude::*;
 use crate::gemm::Im2col;
 
 /// The sizes of one convolution `x (b, ci, h, w) ∗ w (co, ci, k, k)` with zero padding `pad`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvGeom {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Images.
     pub b: usize,
+    /// Input channels.
     pub ci: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub co: usize,
+    /// Kernel side.
     pub k: usize,
+    /// Stride.
     pub stride: usize,
+    /// Zero padding on each side.
     pub pad: usize,
+    /// Output height.
     pub ho: usize,
+    /// Output width.
     pub wo: usize,
 }
 
@@ -76,7 +86,7 @@ impl ConvGeom {
 
     /// The im2col matrix of one image: the image itself when pointwise, else built in `buf`
     /// (a scratch buffer of `kdim·n` values).
-    pub fn col<'a>(&self, img: &'a [f32], buf: &'a mut [f32]) -> &'a [f32] {
+    pub(crate) fn col<'a>(&self, img: &'a [f32], buf: &'a mut [f32]) -> &'a [f32] {
         if self.pointwise() {
             return img;
         }
@@ -85,7 +95,7 @@ impl ConvGeom {
     }
 
     /// The im2col matrix of one image as a GEMM source read in place.
-    pub fn im2col_source<'a>(&self, img: &'a [f32]) -> Im2col<'a> {
+    pub(crate) fn im2col_source<'a>(&self, img: &'a [f32]) -> Im2col<'a> {
         Im2col {
             img,
             hw: (self.h, self.w),
@@ -152,13 +162,13 @@ impl ConvGeom {
 
     /// Adds the im2col-shaped gradient `dcol` back onto the image gradient `dimg` (zeroed),
     /// in parallel over input channels so that no two tasks write the same value.
-    pub fn col2im(&self, dcol: &[f32], dimg: &mut [f32]) {
+    pub(crate) fn col2im(&self, dcol: &[f32], dimg: &mut [f32]) {
         self.col2im_columns(dcol, self.n(), 0, dimg);
     }
 
     /// [`Self::col2im`] from columns `col0 .. col0 + n` of a wider matrix whose rows hold `ld`
     /// values (a batch's im2col gradients side by side).
-    pub fn col2im_columns(&self, dcol: &[f32], ld: usize, col0: usize, dimg: &mut [f32]) {
+    pub(crate) fn col2im_columns(&self, dcol: &[f32], ld: usize, col0: usize, dimg: &mut [f32]) {
         let (kk, n, plane) = (self.k * self.k, self.n(), self.h * self.w);
         dimg.par_chunks_mut(plane).enumerate().for_each(|(c, img)| {
             for r in 0..kk {

@@ -42,7 +42,9 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor};
 
 pub use epilogue::{Affine, Epilogue};
+pub use geom::ConvGeom;
 pub use runtime::{read_ahead, use_small_pages};
+pub use tensor::with_f32;
 
 thread_local! {
     static REFERENCE: Cell<bool> = const { Cell::new(false) };

@@ -32,7 +32,7 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&
 
 /// Runs `f` on the row-major f32 data of a CPU tensor: in place when it is contiguous, else on
 /// a contiguous copy (on the CPU). Other devices and dtypes are an error.
-pub(crate) fn with_f32<T>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+pub fn with_f32<T>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     ensure_cpu_f32(op, &[t])?;
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
@@ -57,4 +57,12 @@ pub(crate) fn with_f32_opt<T>(
 /// A fresh f32 tensor on the CPU.
 pub(crate) fn from_vec(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// Panics unless every slice has its expected length: the raw-data kernels' check of their
+/// caller (a wrong length is a bug there, not bad input).
+pub(crate) fn check_len(op: &str, slices: &[(&[f32], usize)]) {
+    for (i, (s, len)) in slices.iter().enumerate() {
+        assert_eq!(s.len(), *len, "{op}: argument {i} has the wrong length");
+    }
 }

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
+
+use crate::Gradients;
 
 /// Adam hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,7 +90,7 @@ impl Adam {
     }
 
     /// One update from `grads`; parameters without a gradient are left alone, moments included.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
         let c = self.config;
         for ((_, var), state) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
@@ -350,7 +351,7 @@ mod tests {
             },
         );
         let loss = p.as_tensor().sqr().unwrap().sum_all().unwrap();
-        adam.step(&loss.backward().unwrap()).unwrap();
+        adam.step(&loss.backward().unwrap().into()).unwrap();
         let v: Vec<f32> = p.as_tensor().to_vec1().unwrap();
         assert!(
             (v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.9).abs() < 1e-6,
@@ -383,7 +384,7 @@ mod tests {
         for want in expected {
             let cp = (p.as_tensor() * &c).unwrap();
             let loss = (cp.sqr().unwrap().sum_all().unwrap() + cp.sum_all().unwrap()).unwrap();
-            adam.step(&loss.backward().unwrap()).unwrap();
+            adam.step(&loss.backward().unwrap().into()).unwrap();
             let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
             for (g, w) in got.iter().zip(want) {
                 assert!((*g as f64 - w).abs() < 2e-6, "{got:?} vs {want:?}");
@@ -412,7 +413,7 @@ mod tests {
                         .unwrap()
                         .sum_all()
                         .unwrap();
-                    adam.step(&loss.backward().unwrap()).unwrap();
+                    adam.step(&loss.backward().unwrap().into()).unwrap();
                 }
                 p.as_tensor()
                     .flatten_all()
@@ -435,7 +436,7 @@ mod tests {
         let mut a = Adam::new(vec![("p".into(), p.clone())], cfg);
         for _ in 0..3 {
             let loss = p.as_tensor().sqr().unwrap().sum_all().unwrap();
-            a.step(&loss.backward().unwrap()).unwrap();
+            a.step(&loss.backward().unwrap().into()).unwrap();
         }
         let saved: HashMap<String, Tensor> = a.state_tensors().unwrap().into_iter().collect();
         assert_eq!(saved.len(), 3);
@@ -444,7 +445,7 @@ mod tests {
         b.load_state(&saved).unwrap();
         for (opt, var) in [(&mut a, &p), (&mut b, &q)] {
             let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
-            opt.step(&loss.backward().unwrap()).unwrap();
+            opt.step(&loss.backward().unwrap().into()).unwrap();
         }
         let pa: Vec<f32> = p.as_tensor().to_vec1().unwrap();
         let pb: Vec<f32> = q.as_tensor().to_vec1().unwrap();

@@ -8,6 +8,8 @@ use rd_backbone::params::conv_transpose_init;
 use rd_backbone::{Backbone, BlockKind, FeatureMaps};
 use rd_kernels::{self as kernels, eval, train};
 
+use crate::engine::stage as engine;
+
 /// `nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=False)`, weight (in, out, 2, 2).
 #[derive(Debug, Clone)]
 pub struct Deconv2x2 {
@@ -20,6 +22,11 @@ impl Deconv2x2 {
         let weight =
             vb.get_with_hints((c_in, c_out, 2, 2), "weight", conv_transpose_init(c_out, 2))?;
         Ok(Deconv2x2 { weight })
+    }
+
+    /// The weight, (in, out, 2, 2).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
     }
 
     /// The reference forward pass: Candle's `conv_transpose2d` (direct loops, no matmul).
@@ -63,6 +70,16 @@ impl DeconvBn {
         }
         self.bn
             .forward_join(&self.deconv.forward(x)?, residual, relu, train)
+    }
+}
+
+impl DeconvBn {
+    /// The training engine's view of it.
+    fn engine(&self) -> engine::Stage<'_> {
+        engine::Stage {
+            linear: engine::Linear::Deconv(&self.deconv.weight),
+            bn: &self.bn,
+        }
     }
 }
 
@@ -147,6 +164,18 @@ impl DecoderBlock {
         Ok(DecoderBlock { stages, upsample })
     }
 
+    /// The training engine's view of the block.
+    fn engine(&self) -> engine::Block<'_> {
+        let stages = self.stages.iter().map(|s| match s {
+            Stage::Conv(c) => engine::Stage::conv_bn(c),
+            Stage::Up(d) => d.engine(),
+        });
+        engine::Block {
+            stages: stages.collect(),
+            shortcut: self.upsample.as_ref().map(DeconvBn::engine),
+        }
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let identity = match &self.upsample {
             Some(up) => up.forward(x, None, false, train)?,
@@ -189,6 +218,13 @@ impl Decoder {
         Ok(Decoder {
             layers: [layer(0, 256)?, layer(1, 128)?, layer(2, 64)?],
         })
+    }
+
+    /// The three layers as the training engine walks them, coarsest (first run) first.
+    pub(crate) fn engine_layers(&self) -> [Vec<engine::Block<'_>>; 3] {
+        self.layers
+            .each_ref()
+            .map(|l| l.iter().map(DecoderBlock::engine).collect())
     }
 
     /// Student features matched to the teacher's layer1, layer2, layer3 (finest first).

@@ -187,7 +187,7 @@ impl ReverseDistillation {
     }
 
     /// Checks a batch is `[B, 3, H, W]` at the configured size.
-    fn check_batch(&self, x: &Tensor) -> Result<()> {
+    pub(crate) fn check_batch(&self, x: &Tensor) -> Result<()> {
         check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
         if (h, w) != self.config.image_size {

@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 use rd_backbone::layers::{batch_norm, Conv2d, ConvBn, ResLayer};
 use rd_backbone::{Backbone, FeatureMaps};
 
+use crate::engine::stage::{Block, Stage};
 use crate::Variant;
 
 /// OCBE: fuses layer1..3 teacher features into one `[B, 512e, H/32, W/32]` embedding.
@@ -49,6 +50,17 @@ impl Ocbe {
             down2,
             bn_layer,
         })
+    }
+
+    /// The layers as the training engine walks them: the two stages from layer1, the stage
+    /// from layer2, and the ResNet layer after the fusion.
+    pub(crate) fn engine_layers(&self) -> ([Stage<'_>; 2], Stage<'_>, Vec<Block<'_>>) {
+        let down1 = [
+            Stage::conv_bn(&self.down1[0]),
+            Stage::conv_bn(&self.down1[1]),
+        ];
+        let blocks = self.bn_layer.blocks().iter().map(Block::residual).collect();
+        (down1, Stage::conv_bn(&self.down2), blocks)
     }
 
     /// The embedding of teacher features; `train` selects batch-statistics BatchNorm2d.

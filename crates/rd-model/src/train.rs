@@ -5,9 +5,13 @@
 //! refuses a non-finite loss there, and the parity tests compare every gradient with anomalib's.
 //! Both run exactly the code `rd train` runs.
 
-use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, TensorId};
+use rd_backbone::FeatureMaps;
+
+use crate::engine::Engine;
 use crate::{Adam, AdamConfig, Features, Loss, Result, ReverseDistillation};
 
 /// A model with its optimiser over the student's trainable parameters.
@@ -15,6 +19,84 @@ use crate::{Adam, AdamConfig, Features, Loss, Result, ReverseDistillation};
 pub struct Trainer {
     model: ReverseDistillation,
     adam: Adam,
+    engine: Engine,
+}
+
+/// How a step computes its gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backprop {
+    /// The explicit training engine where it runs (f32 on the CPU), else Candle's autograd.
+    Engine,
+    /// Candle's autograd over the model's ops, on any device.
+    Graph,
+}
+
+/// The parts of [`Trainer::compute`], in order (see [`Trainer::compute_marked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPhase {
+    /// The frozen teacher's features (eval kernels).
+    Teacher,
+    /// The student's forward pass in training mode.
+    StudentForward,
+    /// The loss and, on the engine, its gradient for the student's features.
+    Loss,
+    /// The backward pass through the student.
+    Backward,
+}
+
+impl StepPhase {
+    /// Every phase, in order.
+    pub const ALL: [StepPhase; 4] = [
+        StepPhase::Teacher,
+        StepPhase::StudentForward,
+        StepPhase::Loss,
+        StepPhase::Backward,
+    ];
+
+    /// The phase's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepPhase::Teacher => "teacher",
+            StepPhase::StudentForward => "student forward",
+            StepPhase::Loss => "loss",
+            StepPhase::Backward => "backward",
+        }
+    }
+}
+
+/// The gradients of one step, by parameter: from the training engine or Candle's autograd.
+#[derive(Debug, Clone, Default)]
+pub struct Gradients(HashMap<TensorId, Tensor>);
+
+impl Gradients {
+    /// The gradient of `param`, if it got one.
+    pub fn get(&self, param: &Tensor) -> Option<&Tensor> {
+        self.0.get(&param.id())
+    }
+
+    /// Sets the gradient of `param`.
+    pub fn insert(&mut self, param: &Tensor, grad: Tensor) {
+        self.0.insert(param.id(), grad);
+    }
+
+    /// How many parameters have a gradient.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no parameter has one.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<GradStore> for Gradients {
+    fn from(store: GradStore) -> Self {
+        let grads = store
+            .get_ids()
+            .filter_map(|id| Some((*id, store.get_id(*id)?.clone())));
+        Gradients(grads.collect())
+    }
 }
 
 /// What the first half of a step computed: features, loss and gradients, before the update.
@@ -25,14 +107,18 @@ pub struct StepState {
     /// The loss of the batch.
     pub loss: Loss,
     /// The gradient of the loss for every trainable parameter that has one.
-    pub grads: GradStore,
+    pub grads: Gradients,
 }
 
 impl Trainer {
     /// Starts training `model` with a fresh optimiser.
     pub fn new(model: ReverseDistillation, config: AdamConfig) -> Self {
         let adam = Adam::new(model.student_params().trainable_vars(), config);
-        Trainer { model, adam }
+        Trainer {
+            model,
+            adam,
+            engine: Engine::new(),
+        }
     }
 
     /// The model being trained.
@@ -52,10 +138,81 @@ impl Trainer {
 
     /// Forward in training mode and backward on an ImageNet-normalised batch. The student's
     /// BatchNorm running statistics move; the weights do not until [`Trainer::apply`].
+    ///
+    /// On the CPU in f32 this runs the explicit training engine (see [`Engine`]), elsewhere
+    /// Candle's autograd ([`Trainer::compute_with_graph`]).
     pub fn compute(&self, x: &Tensor) -> Result<StepState> {
-        let features = self.model.features(x, true)?;
-        let loss = crate::rd_loss(&features.teacher, &features.student)?;
-        let grads = loss.total.backward()?;
+        self.compute_marked(x, Backprop::Engine, &mut |_| {})
+    }
+
+    /// [`Trainer::compute`] through `backprop`, calling `mark` with each [`StepPhase`] as it
+    /// ends (for profiles).
+    pub fn compute_marked(
+        &self,
+        x: &Tensor,
+        backprop: Backprop,
+        mark: &mut dyn FnMut(StepPhase),
+    ) -> Result<StepState> {
+        if backprop == Backprop::Graph || !Engine::supports(x) {
+            return self.graph_step(x, mark);
+        }
+        self.model.check_batch(x)?;
+        let teacher = self.model.teacher().forward(x)?;
+        mark(StepPhase::Teacher);
+        let student = self.model.student();
+        let pass = self.engine.forward(student, &teacher)?;
+        mark(StepPhase::StudentForward);
+        let vars = pass.features.each_ref().map(|f| f.to_var());
+        let [c, b, a] = vars;
+        let vars = [c?, b?, a?];
+        let features = FeatureMaps(vars.each_ref().map(|v| v.as_tensor().clone()));
+        let loss = crate::rd_loss(&teacher, &features)?;
+        let from_loss = loss.total.backward()?;
+        mark(StepPhase::Loss);
+        let d = vars.each_ref().map(|v| from_loss.get(v.as_tensor()));
+        let [Some(dc), Some(db), Some(da)] = d else {
+            return Err(candle_core::Error::Msg(
+                "the loss gave no gradient for a student feature map".into(),
+            )
+            .into());
+        };
+        let bottleneck = pass.bottleneck.to_tensor()?;
+        let mut grads = Gradients::default();
+        self.engine
+            .backward(student, pass, [dc, db, da], &mut grads)?;
+        mark(StepPhase::Backward);
+        Ok(StepState {
+            features: Features {
+                teacher,
+                bottleneck,
+                student: FeatureMaps(vars.map(|v| v.as_detached_tensor())),
+            },
+            loss,
+            grads,
+        })
+    }
+
+    /// [`Trainer::compute`] through Candle's autograd whatever the device: the reference the
+    /// engine is tested against, and the path for GPUs and f64.
+    pub fn compute_with_graph(&self, x: &Tensor) -> Result<StepState> {
+        self.compute_marked(x, Backprop::Graph, &mut |_| {})
+    }
+
+    fn graph_step(&self, x: &Tensor, mark: &mut dyn FnMut(StepPhase)) -> Result<StepState> {
+        self.model.check_batch(x)?;
+        let teacher = self.model.teacher().forward(x)?;
+        mark(StepPhase::Teacher);
+        let (bottleneck, student) = self.model.student().forward_t(&teacher, true)?;
+        mark(StepPhase::StudentForward);
+        let loss = crate::rd_loss(&teacher, &student)?;
+        mark(StepPhase::Loss);
+        let grads = loss.total.backward()?.into();
+        mark(StepPhase::Backward);
+        let features = Features {
+            teacher,
+            bottleneck,
+            student,
+        };
         Ok(StepState {
             features,
             loss,

@@ -3,7 +3,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
+use crate::tensor::{check_len, ensure_cpu_f32, f32_slice, from_vec, with_f32};
 
 /// Independent f64 accumulators per channel in the BatchNorm backward sums.
 const LANES: usize = 8;
@@ -15,7 +15,19 @@ const LANES: usize = 8;
 /// value every few cycles). Walking [`STAT_GROUP`] channels side by side keeps as many
 /// independent chains in flight, so the adds overlap, while every channel still adds its
 /// values in the reference's order: the statistics are bit-identical.
-pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+///
+/// # Panics
+///
+/// When `x` does not hold `b·c·hw` values.
+pub fn channel_stats(x: &[f32], (b, c, hw): Nchw) -> (Vec<f64>, Vec<f64>) {
+    crate::kernel_call("BatchNorm statistics", || {
+        check_len("channel_stats", &[(x, b * c * hw)]);
+        stats_of(x, b, c, hw)
+    })
+}
+
+/// [`channel_stats`] after its checks.
+fn stats_of(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let n = b * hw;
     let scale = 1f64 / n as f64;
     let groups: Vec<Vec<(f64, f64)>> = (0..c.div_ceil(STAT_GROUP))
@@ -55,12 +67,108 @@ pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f6
 /// Channels whose statistics [`channel_stats`] sums side by side.
 const STAT_GROUP: usize = 8;
 
-/// Training-mode BatchNorm with given batch statistics, optionally followed by ReLU (see
-/// [`batch_norm`]).
-struct BatchNormOp {
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
+/// A training-mode BatchNorm's batch statistics as f32, per channel: what its forward and
+/// backward passes normalise with.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchStats<'a> {
+    /// The batch mean.
+    pub mean: &'a [f32],
+    /// `1/√(var + ε)` of the biased batch variance.
+    pub invstd: &'a [f32],
+}
+
+/// The layout of an NCHW batch: images, channels, pixels per channel plane.
+pub type Nchw = (usize, usize, usize);
+
+/// Training-mode BatchNorm on raw data: `out = act((z − mean)·(invstd·γ) + β + residual)`, with
+/// `act` ReLU when `relu` and the residual (laid out like `z`) only when given; the same f32
+/// operations in the same order as the BatchNorm op followed by the residual join.
+///
+/// # Panics
+///
+/// When a slice's length differs from what `dims` says.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_forward(
+    z: &[f32],
+    (b, c, hw): Nchw,
+    stats: BatchStats,
+    gamma: &[f32],
+    beta: &[f32],
+    residual: Option<&[f32]>,
     relu: bool,
+    out: &mut [f32],
+) {
+    crate::kernel_call("BatchNorm forward", || {
+        let len = b * c * hw;
+        check_len("batch_norm_forward", &[(z, len), (out, len)]);
+        let per_channel = [gamma, beta, stats.mean, stats.invstd];
+        check_len("batch_norm_forward", &per_channel.map(|v| (v, c)));
+        if let Some(r) = residual {
+            check_len("batch_norm_forward", &[(r, len)]);
+        }
+        // Same operations in the same order as the reference: (x − mean)·(invstd·γ) + β.
+        let scale: Vec<f32> = stats.invstd.iter().zip(gamma).map(|(i, g)| i * g).collect();
+        out.par_chunks_mut(hw)
+            .zip(z.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (o, z))| {
+                let ch = p % c;
+                let (m, s, bb) = (stats.mean[ch], scale[ch], beta[ch]);
+                for (o, &x) in o.iter_mut().zip(z) {
+                    *o = (x - m) * s + bb;
+                }
+                if let Some(r) = residual {
+                    o.iter_mut()
+                        .zip(&r[p * hw..][..hw])
+                        .for_each(|(o, r)| *o += r);
+                }
+                if relu {
+                    o.iter_mut().for_each(|o| *o = o.max(0.0));
+                }
+            });
+    })
+}
+
+/// The backward pass of [`batch_norm_forward`] without residual: from the gradient `dy` of its
+/// output, masked where `relu_out` (the forward's ReLU output, when it had one) is not positive,
+/// the gradient of `z` (written to `dz` when given; through the batch statistics too) and of γ
+/// and β (returned, in that order). The sums are in f64.
+///
+/// # Panics
+///
+/// When a slice's length differs from what `dims` says.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    z: &[f32],
+    relu_out: Option<&[f32]>,
+    dy: &[f32],
+    (b, c, hw): Nchw,
+    stats: BatchStats,
+    gamma: &[f32],
+    dz: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    crate::kernel_call("BatchNorm backward", || {
+        let len = b * c * hw;
+        check_len("batch_norm_backward", &[(z, len), (dy, len)]);
+        check_len(
+            "batch_norm_backward",
+            &[(gamma, c), (stats.mean, c), (stats.invstd, c)],
+        );
+        if let Some(y) = relu_out {
+            check_len("batch_norm_backward", &[(y, len)]);
+        }
+        let bn = Backward {
+            stats,
+            mask: relu_out,
+        };
+        let sums = bn.sums(z, dy, b, hw);
+        if let Some(dz) = dz {
+            check_len("batch_norm_backward", &[(dz, len)]);
+            bn.grad_input(z, dy, gamma, &sums, b, dz);
+        }
+        let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        (as_f32(&sums.dy_xhat), as_f32(&sums.dy))
+    })
 }
 
 /// Per-channel sums of the backward pass, in f64: `Σdy` and `Σdy·x̂`.
@@ -69,28 +177,34 @@ struct BnSums {
     dy_xhat: Vec<f64>,
 }
 
-impl BatchNormOp {
-    /// `dy` masked by the ReLU (`y > 0`) when there is one.
-    fn masked(&self, dy: f32, y: f32) -> f32 {
-        if !self.relu || y > 0.0 {
-            dy
-        } else {
-            0.0
+/// The backward pass of one BatchNorm: its statistics and the ReLU mask, if any.
+struct Backward<'a> {
+    stats: BatchStats<'a>,
+    mask: Option<&'a [f32]>,
+}
+
+impl Backward<'_> {
+    /// `dy` masked by the ReLU (`y > 0`) when there is one; `i` indexes the whole batch.
+    #[inline(always)]
+    fn masked(&self, dy: f32, i: usize) -> f32 {
+        match self.mask {
+            Some(y) if y[i] <= 0.0 => 0.0,
+            _ => dy,
         }
     }
 
     /// The per-channel sums over batch and pixels.
-    fn sums(&self, x: &[f32], y: &[f32], dy: &[f32], b: usize, hw: usize) -> BnSums {
-        let c = self.mean.len();
+    fn sums(&self, x: &[f32], dy: &[f32], b: usize, hw: usize) -> BnSums {
+        let c = self.stats.mean.len();
         let (sdy, sdyx) = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
                 for bi in 0..b {
-                    let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    self.plane_sums(&x[r.clone()], &y[r.clone()], &dy[r], ch, &mut s1, &mut s2);
+                    let o = (bi * c + ch) * hw;
+                    self.plane_sums(x, dy, o..o + hw, ch, &mut s1, &mut s2);
                 }
-                let is = self.invstd[ch] as f64;
+                let is = self.stats.invstd[ch] as f64;
                 (s1.iter().sum::<f64>(), s2.iter().sum::<f64>() * is)
             })
             .unzip();
@@ -105,49 +219,40 @@ impl BatchNormOp {
     fn plane_sums(
         &self,
         x: &[f32],
-        y: &[f32],
         dy: &[f32],
+        plane: std::ops::Range<usize>,
         ch: usize,
         s1: &mut [f64; LANES],
         s2: &mut [f64; LANES],
     ) {
-        let m = self.mean[ch] as f64;
-        let mut add = |x: &[f32], y: &[f32], dy: &[f32]| {
-            for l in 0..x.len().min(LANES) {
-                let g = self.masked(dy[l], y[l]) as f64;
+        let m = self.stats.mean[ch] as f64;
+        let mut i = plane.start;
+        while i < plane.end {
+            for l in 0..LANES.min(plane.end - i) {
+                let g = self.masked(dy[i + l], i + l) as f64;
                 s1[l] += g;
-                s2[l] += g * (x[l] as f64 - m);
+                s2[l] += g * (x[i + l] as f64 - m);
             }
-        };
-        let (xs, ys, ds) = (
-            x.chunks_exact(LANES),
-            y.chunks_exact(LANES),
-            dy.chunks_exact(LANES),
-        );
-        let rest = (xs.remainder(), ys.remainder(), ds.remainder());
-        for ((x, y), dy) in xs.zip(ys).zip(ds) {
-            add(x, y, dy);
+            i += LANES;
         }
-        add(rest.0, rest.1, rest.2);
     }
 
     /// `dx = γ·invstd·(dy − Σdy/n − x̂·Σ(dy·x̂)/n)`, as `a·dy + b·(x − mean) + c` per channel.
-    #[allow(clippy::too_many_arguments)]
     fn grad_input(
         &self,
         x: &[f32],
-        y: &[f32],
         dy: &[f32],
         gamma: &[f32],
         s: &BnSums,
         b: usize,
-    ) -> Vec<f32> {
-        let c = self.mean.len();
+        dx: &mut [f32],
+    ) {
+        let c = self.stats.mean.len();
         let hw = x.len() / (b * c);
         let n = (b * hw) as f64;
         let coef: Vec<(f32, f32, f32)> = (0..c)
             .map(|ch| {
-                let (is, ga) = (self.invstd[ch] as f64, gamma[ch] as f64);
+                let (is, ga) = (self.stats.invstd[ch] as f64, gamma[ch] as f64);
                 let a = ga * is;
                 (
                     a as f32,
@@ -156,18 +261,33 @@ impl BatchNormOp {
                 )
             })
             .collect();
-        let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
             let ch = p % c;
             let (a, bb, cc) = coef[ch];
-            let m = self.mean[ch];
+            let m = self.stats.mean[ch];
             let o = p * hw;
             for (i, d) in out.iter_mut().enumerate() {
-                let g = self.masked(dy[o + i], y[o + i]);
+                let g = self.masked(dy[o + i], o + i);
                 *d = a * g + bb * (x[o + i] - m) + cc;
             }
         });
-        dx
+    }
+}
+
+/// Training-mode BatchNorm with given batch statistics, optionally followed by ReLU (see
+/// [`batch_norm`]).
+struct BatchNormOp {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    relu: bool,
+}
+
+impl BatchNormOp {
+    fn stats(&self) -> BatchStats<'_> {
+        BatchStats {
+            mean: &self.mean,
+            invstd: &self.invstd,
+        }
     }
 }
 
@@ -185,34 +305,30 @@ impl CustomOp3 for BatchNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::kernel_call("BatchNorm forward", || {
-            let x = f32_slice(xs, xl, "batch_norm")?;
-            let (gamma, beta) = (
-                f32_slice(gs, gl, "batch_norm")?,
-                f32_slice(bs, bl, "batch_norm")?,
-            );
-            let &[_, c, h, w] = xl.dims() else {
-                bail!("batch_norm: expected an NCHW input, got {:?}", xl.shape())
-            };
-            if gamma.len() != c || beta.len() != c || self.mean.len() != c {
-                bail!("batch_norm: {} channels but {} weights", c, gamma.len())
-            }
-            // Same operations in the same order as the reference: (x − mean)·(invstd·γ) + β.
-            let scale: Vec<f32> = self.invstd.iter().zip(gamma).map(|(i, g)| i * g).collect();
-            let mut out = vec![0f32; x.len()];
-            out.par_chunks_mut(h * w)
-                .zip(x.par_chunks(h * w))
-                .enumerate()
-                .for_each(|(p, (o, x))| {
-                    let ch = p % c;
-                    let (m, s, b) = (self.mean[ch], scale[ch], beta[ch]);
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        let v = (x - m) * s + b;
-                        *o = if self.relu { v.max(0.0) } else { v };
-                    }
-                });
-            Ok((CpuStorage::F32(out), xl.shape().clone()))
-        })
+        let x = f32_slice(xs, xl, "batch_norm")?;
+        let (gamma, beta) = (
+            f32_slice(gs, gl, "batch_norm")?,
+            f32_slice(bs, bl, "batch_norm")?,
+        );
+        let &[b, c, h, w] = xl.dims() else {
+            bail!("batch_norm: expected an NCHW input, got {:?}", xl.shape())
+        };
+        if gamma.len() != c || beta.len() != c || self.mean.len() != c {
+            bail!("batch_norm: {} channels but {} weights", c, gamma.len())
+        }
+        let mut out = vec![0f32; x.len()];
+        let dims = (b, c, h * w);
+        batch_norm_forward(
+            x,
+            dims,
+            self.stats(),
+            gamma,
+            beta,
+            None,
+            self.relu,
+            &mut out,
+        );
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
     fn bwd(
@@ -223,29 +339,23 @@ impl CustomOp3 for BatchNormOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::kernel_call("BatchNorm backward", || {
-            let (b, _, h, w) = x.dims4()?;
-            let gv = gamma.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            let need_dx = x.track_op();
-            let (sums, dx) = with_f32(x, "batch_norm", |x| {
-                with_f32(res, "batch_norm", |y| {
-                    with_f32(dy, "batch_norm", |dy| {
-                        let sums = self.sums(x, y, dy, b, h * w);
-                        let dx = need_dx.then(|| self.grad_input(x, y, dy, &gv, &sums, b));
-                        (sums, dx)
-                    })
+        let (b, c, h, w) = x.dims4()?;
+        let gv = gamma.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut dx = x.track_op().then(|| vec![0f32; x.elem_count()]);
+        let (dg, db) = with_f32(x, "batch_norm", |x| {
+            with_f32(res, "batch_norm", |y| {
+                with_f32(dy, "batch_norm", |dy| {
+                    let mask = self.relu.then_some(y);
+                    let dims = (b, c, h * w);
+                    let dx = dx.as_deref_mut();
+                    batch_norm_backward(x, mask, dy, dims, self.stats(), &gv, dx)
                 })
-            })???;
-            let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let dx = dx.map(|v| from_vec(v, x.dims())).transpose()?;
-            let dg = gamma
-                .track_op()
-                .then(|| from_vec(as_f32(&sums.dy_xhat), gamma.dims()));
-            let db = beta
-                .track_op()
-                .then(|| from_vec(as_f32(&sums.dy), beta.dims()));
-            Ok((dx, dg.transpose()?, db.transpose()?))
-        })
+            })
+        })???;
+        let dx = dx.map(|v| from_vec(v, x.dims())).transpose()?;
+        let dg = gamma.track_op().then(|| from_vec(dg, gamma.dims()));
+        let db = beta.track_op().then(|| from_vec(db, beta.dims()));
+        Ok((dx, dg.transpose()?, db.transpose()?))
     }
 }
 
@@ -254,9 +364,7 @@ impl CustomOp3 for BatchNormOp {
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     ensure_cpu_f32("train::batch_stats", &[x])?;
     let (b, c, h, w) = x.dims4()?;
-    crate::kernel_call("BatchNorm statistics", || {
-        with_f32(x, "train::batch_stats", |x| channel_stats(x, b, c, h * w))
-    })
+    with_f32(x, "train::batch_stats", |x| channel_stats(x, (b, c, h * w)))
 }
 
 /// Differentiable training-mode BatchNorm `(x − mean)·(invstd·γ) + β` of NCHW `x` with the

@@ -3,11 +3,11 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::scratch::{transpose, transpose_into, transpose_scratch, Scratch};
+use super::scratch::{transpose_into, transpose_scratch, Scratch};
 use crate::eval::{conv2d_wide, scatter_planes, BATCH_BELOW_PIXELS};
 use crate::gemm::{self, gemm_acc, Batch, Dense, MatRef};
-use crate::geom::ConvGeom;
-use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
+use crate::tensor::{check_len, ensure_cpu_f32, f32_slice, from_vec, with_f32};
+use crate::ConvGeom;
 use crate::Epilogue;
 
 /// Least GEMM depth (pixels summed over) of a weight-gradient GEMM, reached by grouping images.
@@ -19,106 +19,176 @@ struct Conv2dOp {
     pad: usize,
 }
 
-impl Conv2dOp {
-    /// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`.
-    fn grad_weight(&self, g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let (kd, n, co) = (g.kdim(), g.n(), g.co);
-        // On small maps one image gives a shallow GEMM (depth = its pixels, 64 on an 8×8 map),
-        // which spends its time storing tiles: images go in groups of at least DW_MIN_DEPTH
-        // pixels, their im2col matrices side by side and their transposed dY stacked.
-        let group = (DW_MIN_DEPTH / n).clamp(1, g.b);
-        let mut dwt = Scratch::zeroed(kd * co);
-        let mut buf = Scratch::take(if g.pointwise() { 0 } else { kd * n });
-        let mut colg = Scratch::take(if group > 1 { kd * group * n } else { 0 });
-        let mut dyt = Scratch::take(group * n * co);
-        for b0 in (0..g.b).step_by(group) {
-            let gb = group.min(g.b - b0);
-            let depth = gb * n;
-            for j in 0..gb {
-                let dyb = &dy[(b0 + j) * co * n..][..co * n];
-                transpose_into(dyb, co, n, &mut dyt[j * n * co..][..n * co]);
-            }
-            let image = |j: usize| &x[(b0 + j) * g.in_len()..][..g.in_len()];
-            if gb == 1 {
-                let col = g.col(image(0), &mut buf);
-                gemm_acc(&mut dwt, col, &dyt[..depth * co], kd, co, depth);
-                continue;
-            }
-            for j in 0..gb {
-                let col = g.col(image(j), &mut buf);
-                colg[..kd * depth]
-                    .par_chunks_mut(depth)
-                    .zip(col.par_chunks(n))
-                    .for_each(|(dst, src)| dst[j * n..(j + 1) * n].copy_from_slice(src));
-            }
-            gemm_acc(
-                &mut dwt,
-                &colg[..kd * depth],
-                &dyt[..depth * co],
-                kd,
-                co,
-                depth,
-            );
-        }
-        transpose(&dwt, kd, co)
-    }
-
-    /// `dX_b = col2im(Wᵀ·dY_b)`.
-    fn grad_input(&self, g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
-        let (kd, n, co) = (g.kdim(), g.n(), g.co);
-        // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
-        let wt_view = MatRef::transposed(w, kd);
+/// The training convolution's forward pass on raw data: `out` (b, co, ho, wo) = `x` (b, ci, h,
+/// w) ∗ `w` (co, ci, k, k), overwriting `out`. Small maps go through one GEMM for the batch, as
+/// in eval mode (the same sums).
+///
+/// # Panics
+///
+/// When a slice's length differs from what `g` says.
+pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], out: &mut [f32]) {
+    crate::kernel_call("convolution forward", || {
+        check_len(
+            "conv2d_forward",
+            &[(x, g.b * g.in_len()), (w, g.co * g.kdim())],
+        );
+        check_len("conv2d_forward", &[(out, g.b * g.out_len())]);
+        let (kd, n) = (g.kdim(), g.n());
         if g.b > 1 && n < BATCH_BELOW_PIXELS {
-            if let Some(dx) = Self::grad_input_batched(g, wt_view, dy) {
-                return dx;
+            if let Some(wide) = conv2d_wide(x, w, g, &Epilogue::default()) {
+                scatter_planes(&wide, out, (g.b, g.co, n), &Epilogue::default());
+                return;
             }
         }
-        let mut wt = None;
-        let mut dx = vec![0f32; g.b * g.in_len()];
-        let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
-        for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
-            let dyb = &dy[bi * co * n..][..co * n];
-            let target: &mut [f32] = if g.pointwise() { dxb } else { &mut dcol };
-            // Overwrites the target (no zeroing pass).
-            let rhs = Dense { data: dyb, n };
-            if !gemm::try_fused(target, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
-                let wt = wt.get_or_insert_with(|| transpose_scratch(w, co, kd));
-                target.fill(0.0);
-                gemm_acc(target, wt, dyb, kd, n, co);
-            }
-            if !g.pointwise() {
-                g.col2im(&dcol, dxb);
+        out.fill(0.0);
+        let mut buf = Vec::new();
+        for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
+            let img = &x[bi * g.in_len()..][..g.in_len()];
+            // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+            let lhs = MatRef::rows(w, kd);
+            let packed = if g.pointwise() {
+                gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+            } else {
+                gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+            };
+            if !packed {
+                buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
+                let col = g.col(img, &mut buf);
+                gemm_acc(dst, w, col, g.co, n, kd);
             }
         }
-        dx
+    })
+}
+
+/// The weight gradient of the training convolution: `dw` (co, ci·k·k) = `Σ_b dY_b·col(X_b)ᵀ`,
+/// overwriting `dw`.
+///
+/// # Panics
+///
+/// When a slice's length differs from what `g` says.
+pub fn conv2d_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    crate::kernel_call("convolution weight gradient", || {
+        check_len(
+            "conv2d_grad_weight",
+            &[(x, g.b * g.in_len()), (dy, g.b * g.out_len())],
+        );
+        check_len("conv2d_grad_weight", &[(dw, g.co * g.kdim())]);
+        grad_weight(g, x, dy, dw)
+    })
+}
+
+/// The input gradient of the training convolution: `dx` (b, ci, h, w) = `col2im(Wᵀ·dY_b)`,
+/// overwriting `dx`.
+///
+/// # Panics
+///
+/// When a slice's length differs from what `g` says.
+pub fn conv2d_grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    crate::kernel_call("convolution input gradient", || {
+        check_len(
+            "conv2d_grad_input",
+            &[(w, g.co * g.kdim()), (dy, g.b * g.out_len())],
+        );
+        check_len("conv2d_grad_input", &[(dx, g.b * g.in_len())]);
+        grad_input(g, w, dy, dx)
+    })
+}
+
+/// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`.
+fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (kd, n, co) = (g.kdim(), g.n(), g.co);
+    // On small maps one image gives a shallow GEMM (depth = its pixels, 64 on an 8×8 map),
+    // which spends its time storing tiles: images go in groups of at least DW_MIN_DEPTH
+    // pixels, their im2col matrices side by side and their transposed dY stacked.
+    let group = (DW_MIN_DEPTH / n).clamp(1, g.b);
+    let mut dwt = Scratch::zeroed(kd * co);
+    let mut buf = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+    let mut colg = Scratch::take(if group > 1 { kd * group * n } else { 0 });
+    let mut dyt = Scratch::take(group * n * co);
+    for b0 in (0..g.b).step_by(group) {
+        let gb = group.min(g.b - b0);
+        let depth = gb * n;
+        for j in 0..gb {
+            let dyb = &dy[(b0 + j) * co * n..][..co * n];
+            transpose_into(dyb, co, n, &mut dyt[j * n * co..][..n * co]);
+        }
+        let image = |j: usize| &x[(b0 + j) * g.in_len()..][..g.in_len()];
+        if gb == 1 {
+            let col = g.col(image(0), &mut buf);
+            gemm_acc(&mut dwt, col, &dyt[..depth * co], kd, co, depth);
+            continue;
+        }
+        for j in 0..gb {
+            let col = g.col(image(j), &mut buf);
+            colg[..kd * depth]
+                .par_chunks_mut(depth)
+                .zip(col.par_chunks(n))
+                .for_each(|(dst, src)| dst[j * n..(j + 1) * n].copy_from_slice(src));
+        }
+        gemm_acc(
+            &mut dwt,
+            &colg[..kd * depth],
+            &dyt[..depth * co],
+            kd,
+            co,
+            depth,
+        );
+    }
+    transpose_into(&dwt, kd, co, dw);
+}
+
+/// `dX_b = col2im(Wᵀ·dY_b)`.
+fn grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (kd, n, co) = (g.kdim(), g.n(), g.co);
+    // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
+    let wt_view = MatRef::transposed(w, kd);
+    if g.b > 1 && n < BATCH_BELOW_PIXELS && grad_input_batched(g, wt_view, dy, dx) {
+        return;
+    }
+    let mut wt = None;
+    if !g.pointwise() {
+        dx.fill(0.0);
+    }
+    let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+    for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+        let dyb = &dy[bi * co * n..][..co * n];
+        let target: &mut [f32] = if g.pointwise() { dxb } else { &mut dcol };
+        // Overwrites the target (no zeroing pass).
+        let rhs = Dense { data: dyb, n };
+        if !gemm::try_fused(target, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
+            let wt = wt.get_or_insert_with(|| transpose_scratch(w, co, kd));
+            target.fill(0.0);
+            gemm_acc(target, wt, dyb, kd, n, co);
+        }
+        if !g.pointwise() {
+            g.col2im(&dcol, dxb);
+        }
     }
 }
 
-impl Conv2dOp {
-    /// [`Self::grad_input`] as one GEMM over the batch (the images' `dY` side by side), for
-    /// small maps where one GEMM per image would stream `W` once per image. Each value sums in
-    /// the same order as per image. `None` without AVX-512.
-    fn grad_input_batched(g: &ConvGeom, wt: MatRef, dy: &[f32]) -> Option<Vec<f32>> {
-        let (kd, n, b) = (g.kdim(), g.n(), g.b);
-        let images: Vec<Dense> = dy
-            .chunks_exact(g.co * n)
-            .map(|data| Dense { data, n })
-            .collect();
-        let rhs = Batch { images: &images, n };
-        let mut wide = Scratch::take(kd * b * n);
-        if !gemm::try_fused(&mut wide, wt, &rhs, (kd, b * n, g.co), &Epilogue::default()) {
-            return None;
-        }
-        let mut dx = vec![0f32; b * g.in_len()];
-        if g.pointwise() {
-            scatter_planes(&wide, &mut dx, (b, kd, n), &Epilogue::default());
-        } else {
-            for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
-                g.col2im_columns(&wide, b * n, bi * n, dxb);
-            }
-        }
-        Some(dx)
+/// [`grad_input`] as one GEMM over the batch (the images' `dY` side by side), for small maps
+/// where one GEMM per image would stream `W` once per image. Each value sums in the same order
+/// as per image. `false` (nothing written) without AVX-512.
+fn grad_input_batched(g: &ConvGeom, wt: MatRef, dy: &[f32], dx: &mut [f32]) -> bool {
+    let (kd, n, b) = (g.kdim(), g.n(), g.b);
+    let images: Vec<Dense> = dy
+        .chunks_exact(g.co * n)
+        .map(|data| Dense { data, n })
+        .collect();
+    let rhs = Batch { images: &images, n };
+    let mut wide = Scratch::take(kd * b * n);
+    if !gemm::try_fused(&mut wide, wt, &rhs, (kd, b * n, g.co), &Epilogue::default()) {
+        return false;
     }
+    if g.pointwise() {
+        scatter_planes(&wide, dx, (b, kd, n), &Epilogue::default());
+    } else {
+        dx.fill(0.0);
+        for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+            g.col2im_columns(&wide, b * n, bi * n, dxb);
+        }
+    }
+    true
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -133,37 +203,11 @@ impl CustomOp2 for Conv2dOp {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::kernel_call("convolution forward", || {
-            let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
-            let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
-            let (kd, n) = (g.kdim(), g.n());
-            let shape = Shape::from((g.b, g.co, g.ho, g.wo));
-            let mut out = vec![0f32; g.b * g.co * n];
-            if g.b > 1 && n < BATCH_BELOW_PIXELS {
-                // Small maps: one GEMM for the batch, as in eval mode (the same sums).
-                if let Some(wide) = conv2d_wide(x, w, &g, &Epilogue::default()) {
-                    scatter_planes(&wide, &mut out, (g.b, g.co, n), &Epilogue::default());
-                    return Ok((CpuStorage::F32(out), shape));
-                }
-            }
-            let mut buf = Vec::new();
-            for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
-                let img = &x[bi * g.in_len()..][..g.in_len()];
-                // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
-                let lhs = MatRef::rows(w, kd);
-                let packed = if g.pointwise() {
-                    gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
-                } else {
-                    gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
-                };
-                if !packed {
-                    buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
-                    let col = g.col(img, &mut buf);
-                    gemm_acc(dst, w, col, g.co, n, kd);
-                }
-            }
-            Ok((CpuStorage::F32(out), shape))
-        })
+        let g = ConvGeom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
+        let (x, w) = (f32_slice(xs, xl, "conv2d")?, f32_slice(ws, wl, "conv2d")?);
+        let mut out = vec![0f32; g.b * g.out_len()];
+        conv2d_forward(&g, x, w, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from(g.out_dims())))
     }
 
     fn bwd(
@@ -173,27 +217,22 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        crate::kernel_call("convolution backward", || {
-            let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-            // One gradient, `f(a, dy)` on the f32 data and shaped like `like`, if it needs one.
-            type Grad<'a> = &'a dyn Fn(&[f32], &[f32]) -> Vec<f32>;
-            let grad = |like: &Tensor, a: &Tensor, what: &'static str, f: Grad| {
-                if !like.track_op() {
-                    return Ok(None);
-                }
-                let v = with_f32(a, "conv2d", |a| {
-                    with_f32(dy, "conv2d", |dy| crate::profile::timed(what, || f(a, dy)))
-                })??;
-                from_vec(v, like.dims()).map(Some)
-            };
-            let dx = grad(x, w, "convolution input gradient", &|w, dy| {
-                self.grad_input(&g, w, dy)
-            })?;
-            let dw = grad(w, x, "convolution weight gradient", &|x, dy| {
-                self.grad_weight(&g, x, dy)
-            })?;
-            Ok((dx, dw))
-        })
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        // One gradient, `f(a, dy, out)` on the f32 data and shaped like `like`, if it needs one.
+        type Grad<'a> = &'a dyn Fn(&[f32], &[f32], &mut [f32]);
+        let grad = |like: &Tensor, a: &Tensor, f: Grad| {
+            if !like.track_op() {
+                return Ok(None);
+            }
+            let mut v = vec![0f32; like.elem_count()];
+            with_f32(a, "conv2d", |a| {
+                with_f32(dy, "conv2d", |dy| f(a, dy, &mut v))
+            })??;
+            from_vec(v, like.dims()).map(Some)
+        };
+        let dx = grad(x, w, &|w, dy, dx| conv2d_grad_input(&g, w, dy, dx))?;
+        let dw = grad(w, x, &|x, dy, dw| conv2d_grad_weight(&g, x, dy, dw))?;
+        Ok((dx, dw))
     }
 }
 

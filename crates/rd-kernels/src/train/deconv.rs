@@ -4,9 +4,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::scratch::{transpose_into, Scratch};
-use crate::eval::{deconv2x2_data, deconv_dims, scatter_planes, BATCH_BELOW_PIXELS};
+use crate::eval::{deconv2x2_into, deconv_dims, scatter_planes, BATCH_BELOW_PIXELS};
 use crate::gemm::gemm_acc;
-use crate::tensor::{ensure_cpu_f32, f32_slice, from_vec, with_f32};
+use crate::tensor::{check_len, ensure_cpu_f32, f32_slice, from_vec, with_f32};
 use crate::Epilogue;
 
 /// ConvTranspose2d with kernel 2, stride 2, no padding or bias (see [`deconv2x2`]).
@@ -76,6 +76,107 @@ impl Deconv2x2Op {
     }
 }
 
+/// The sizes of a k2 s2 transposed convolution: images, input and output channels, and the
+/// input map's height and width (the output's are twice those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeconvGeom {
+    /// Images.
+    pub b: usize,
+    /// Input channels.
+    pub ci: usize,
+    /// Output channels.
+    pub co: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+}
+
+impl DeconvGeom {
+    /// Checks `x (b, ci, h, w)` against `w (ci, co, 2, 2)`.
+    pub fn new(x: &[usize], w: &[usize]) -> Result<Self> {
+        let (b, ci, co, h, w) = deconv_dims(x, w)?;
+        Ok(DeconvGeom { b, ci, co, h, w })
+    }
+
+    /// Input values of the batch.
+    pub fn in_len(&self) -> usize {
+        self.b * self.ci * self.h * self.w
+    }
+
+    /// Output values of the batch.
+    pub fn out_len(&self) -> usize {
+        self.b * self.co * 4 * self.h * self.w
+    }
+
+    /// Weight values.
+    pub fn weight_len(&self) -> usize {
+        self.ci * self.co * 4
+    }
+}
+
+/// The training transposed convolution's forward pass on raw data, overwriting `out`.
+///
+/// # Panics
+///
+/// When a slice's length differs from what `g` says.
+pub fn deconv2x2_forward(g: &DeconvGeom, x: &[f32], w: &[f32], out: &mut [f32]) {
+    crate::kernel_call("deconvolution forward", || {
+        let lens = [(x, g.in_len()), (w, g.weight_len()), (out, g.out_len())];
+        check_len("deconv2x2_forward", &lens);
+        let (dims, hw) = ((g.b, g.ci, g.co), (g.h, g.w));
+        deconv2x2_into(x, w, dims, hw, &Epilogue::default(), out);
+    })
+}
+
+/// The backward pass of [`deconv2x2_forward`]: the input gradient into `dx` when given, the
+/// weight gradient into `dw` when given (both overwritten).
+///
+/// # Panics
+///
+/// When a slice's length differs from what `g` says.
+pub fn deconv2x2_backward(
+    g: &DeconvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+) {
+    crate::kernel_call("deconvolution backward", || {
+        let lens = [(x, g.in_len()), (w, g.weight_len()), (dy, g.out_len())];
+        check_len("deconv2x2_backward", &lens);
+        let (b, ci, co, h, wd) = (g.b, g.ci, g.co, g.h, g.w);
+        let (n, c4) = (h * wd, co * 4);
+        let dx = dx.unwrap_or_default();
+        let dw = dw.unwrap_or_default();
+        if !dx.is_empty() {
+            check_len("deconv2x2_backward", &[(dx, g.in_len())]);
+            dx.fill(0.0);
+        }
+        if !dw.is_empty() {
+            check_len("deconv2x2_backward", &[(dw, g.weight_len())]);
+            dw.fill(0.0);
+        }
+        if b > 1 && n < BATCH_BELOW_PIXELS {
+            let (dims, hw) = ((b, ci, co), (h, wd));
+            Deconv2x2Op::backward_batched(x, w, dy, dims, hw, dx, dw);
+            return;
+        }
+        let (mut u, mut ut) = (Scratch::take(c4 * n), Scratch::take(c4 * n));
+        for bi in 0..b {
+            Deconv2x2Op::unshuffle(&dy[bi * c4 * n..][..c4 * n], &mut u, h, wd);
+            if !dx.is_empty() {
+                gemm_acc(&mut dx[bi * ci * n..][..ci * n], w, &u, ci, n, c4);
+            }
+            if !dw.is_empty() {
+                transpose_into(&u, c4, n, &mut ut);
+                gemm_acc(dw, &x[bi * ci * n..][..ci * n], &ut, ci, c4, n);
+            }
+        }
+    })
+}
+
 impl CustomOp2 for Deconv2x2Op {
     fn name(&self) -> &'static str {
         "rd-deconv2x2"
@@ -88,16 +189,17 @@ impl CustomOp2 for Deconv2x2Op {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::kernel_call("deconvolution forward", || {
-            let (b, ci, co, h, wd) = deconv_dims(xl.dims(), wl.dims())?;
-            let (x, w) = (
-                f32_slice(xs, xl, "deconv2x2")?,
-                f32_slice(ws, wl, "deconv2x2")?,
-            );
-            let epilogue = Epilogue::default();
-            let out = deconv2x2_data(x, w, (b, ci, co), (h, wd), &epilogue);
-            Ok((CpuStorage::F32(out), Shape::from((b, co, 2 * h, 2 * wd))))
-        })
+        let g = DeconvGeom::new(xl.dims(), wl.dims())?;
+        let (x, w) = (
+            f32_slice(xs, xl, "deconv2x2")?,
+            f32_slice(ws, wl, "deconv2x2")?,
+        );
+        let mut out = vec![0f32; g.out_len()];
+        deconv2x2_forward(&g, x, w, &mut out);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.b, g.co, 2 * g.h, 2 * g.w)),
+        ))
     }
 
     fn bwd(
@@ -107,39 +209,19 @@ impl CustomOp2 for Deconv2x2Op {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        crate::kernel_call("deconvolution backward", || {
-            let (b, ci, co, h, wd) = deconv_dims(x.dims(), w.dims())?;
-            let (n, c4) = (h * wd, co * 4);
-            let (need_dx, need_dw) = (x.track_op(), w.track_op());
-            let (dx, dw) = with_f32(x, "deconv2x2", |x| {
-                with_f32(w, "deconv2x2", |w| {
-                    with_f32(dy, "deconv2x2", |dy| {
-                        let mut dx = vec![0f32; if need_dx { b * ci * n } else { 0 }];
-                        let mut dw = vec![0f32; if need_dw { ci * c4 } else { 0 }];
-                        if b > 1 && n < BATCH_BELOW_PIXELS {
-                            let (dims, hw) = ((b, ci, co), (h, wd));
-                            Self::backward_batched(x, w, dy, dims, hw, &mut dx, &mut dw);
-                            return (dx, dw);
-                        }
-                        let (mut u, mut ut) = (Scratch::take(c4 * n), Scratch::take(c4 * n));
-                        for bi in 0..b {
-                            Self::unshuffle(&dy[bi * c4 * n..][..c4 * n], &mut u, h, wd);
-                            if need_dx {
-                                gemm_acc(&mut dx[bi * ci * n..][..ci * n], w, &u, ci, n, c4);
-                            }
-                            if need_dw {
-                                transpose_into(&u, c4, n, &mut ut);
-                                gemm_acc(&mut dw, &x[bi * ci * n..][..ci * n], &ut, ci, c4, n);
-                            }
-                        }
-                        (dx, dw)
-                    })
+        let g = DeconvGeom::new(x.dims(), w.dims())?;
+        let mut dx = x.track_op().then(|| vec![0f32; g.in_len()]);
+        let mut dw = w.track_op().then(|| vec![0f32; g.weight_len()]);
+        with_f32(x, "deconv2x2", |x| {
+            with_f32(w, "deconv2x2", |w| {
+                with_f32(dy, "deconv2x2", |dy| {
+                    deconv2x2_backward(&g, x, w, dy, dx.as_deref_mut(), dw.as_deref_mut())
                 })
-            })???;
-            let dx = need_dx.then(|| from_vec(dx, x.dims())).transpose()?;
-            let dw = need_dw.then(|| from_vec(dw, w.dims())).transpose()?;
-            Ok((dx, dw))
-        })
+            })
+        })???;
+        let dx = dx.map(|v| from_vec(v, x.dims())).transpose()?;
+        let dw = dw.map(|v| from_vec(v, w.dims())).transpose()?;
+        Ok((dx, dw))
     }
 }
 

@@ -25,6 +25,9 @@ mod deconv;
 mod scratch;
 
 pub use add_relu::add_relu;
-pub use batch_norm::{batch_norm, batch_stats};
-pub use conv::conv2d;
-pub use deconv::deconv2x2;
+pub use batch_norm::{
+    batch_norm, batch_norm_backward, batch_norm_forward, batch_stats, channel_stats, BatchStats,
+    Nchw,
+};
+pub use conv::{conv2d, conv2d_forward, conv2d_grad_input, conv2d_grad_weight};
+pub use deconv::{deconv2x2, deconv2x2_backward, deconv2x2_forward, DeconvGeom};

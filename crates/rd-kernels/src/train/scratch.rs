@@ -55,13 +55,6 @@ impl Drop for Scratch {
     }
 }
 
-/// `src` (rows×cols, row-major) transposed into a fresh cols×rows buffer.
-pub(super) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    transpose_into(src, rows, cols, &mut out);
-    out
-}
-
 /// `src` (rows×cols, row-major) transposed into a scratch buffer.
 pub(super) fn transpose_scratch(src: &[f32], rows: usize, cols: usize) -> Scratch {
     let mut out = Scratch::take(rows * cols);

@@ -1,0 +1,164 @@
+//! The explicit training engine against Candle's autograd over the same kernels. From the same
+//! weights, one step of each gives bit-identical features and loss (the same kernels in the same
+//! order) and the same gradients up to the order in which the gradients of a value used twice
+//! are summed (each block's input feeds its first stage and its shortcut, each decoder layer's
+//! output the loss and the next layer): within 1e-5·max|graph| per parameter (observed ~1e-7).
+//!
+//! Twin models drift apart after Adam (its first steps move every weight by about ±lr whatever
+//! the gradient's size, so a 1e-7 difference in a near-zero gradient becomes 0.01 in a weight),
+//! so later steps compare both paths on one model: the graph's step, then the engine's, whose
+//! update is applied. Running statistics do not enter training-mode outputs, so moving them
+//! twice changes nothing that is compared.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use rd_anomaly_map::MapMode;
+use rd_backbone::{Backbone, Teacher};
+use rd_model::{
+    AdamConfig, ModelConfig, ReverseDistillation, StepState, Student, Trainer, Variant,
+};
+use rd_tests::noise;
+
+fn model(backbone: Backbone, size: usize) -> ReverseDistillation {
+    let dev = Device::Cpu;
+    let config = ModelConfig {
+        backbone,
+        variant: Variant::Anomalib,
+        image_size: (size, size),
+        map_mode: MapMode::Add,
+    };
+    let teacher = Teacher::seeded(backbone, 3, &dev).unwrap();
+    let student = Student::seeded(backbone, config.variant, 4, &dev).unwrap();
+    ReverseDistillation::new(config, teacher, student).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v.into_iter().map(f32::to_bits).collect()
+}
+
+/// max |a − b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let m = b.abs().unwrap().max_all().unwrap();
+    d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-30)
+}
+
+/// Asserts that two steps of twin trainers computed the same numbers: features and loss within
+/// `tol` relative (0: bit for bit), gradients within `grad_tol`.
+fn assert_same_step(
+    (engine, e_trainer): (&StepState, &Trainer),
+    (graph, g_trainer): (&StepState, &Trainer),
+    (tol, grad_tol): (f32, f32),
+    what: &str,
+) {
+    let same = |a: &Tensor, b: &Tensor| match tol {
+        0.0 => bits(a) == bits(b),
+        _ => rel_err(a, b) <= tol,
+    };
+    let (le, lg) = (engine.loss.value().unwrap(), graph.loss.value().unwrap());
+    assert!(
+        same(&engine.loss.total, &graph.loss.total),
+        "{what}: loss {le} vs {lg}"
+    );
+    for k in 0..3 {
+        let (e, g) = (&engine.features.student[k], &graph.features.student[k]);
+        assert!(
+            same(e, g),
+            "{what}: student features {k}: {}",
+            rel_err(e, g)
+        );
+    }
+    let (e, g) = (&engine.features.bottleneck, &graph.features.bottleneck);
+    assert!(same(e, g), "{what}: bottleneck: {}", rel_err(e, g));
+    let vars = e_trainer.model().student_params().trainable_vars();
+    let twins = g_trainer.model().student_params().trainable_vars();
+    let mut with_grad = 0;
+    for ((name, var), (twin_name, twin)) in vars.iter().zip(&twins) {
+        assert_eq!(name, twin_name);
+        let (e, g) = (
+            engine.grads.get(var.as_tensor()),
+            graph.grads.get(twin.as_tensor()),
+        );
+        match (e, g) {
+            (Some(e), Some(g)) => {
+                with_grad += 1;
+                let err = rel_err(e, g);
+                assert!(err <= grad_tol, "{what}: gradient of {name}: {err}");
+            }
+            (None, None) => {}
+            (e, g) => panic!(
+                "{what}: {name} has a gradient on one path only (engine {}, graph {})",
+                e.is_some(),
+                g.is_some()
+            ),
+        }
+    }
+    // Every trainable parameter but the unused conv4/bn4 of the OCBE.
+    assert_eq!(
+        with_grad,
+        vars.len() - 3,
+        "{what}: parameters with a gradient"
+    );
+}
+
+/// Relative tolerances of features and loss (0: bit for bit), and of gradients.
+const TOL: (f32, f32) = (0.0, 1e-5);
+
+/// Engine and graph from twin models, one step: then the running statistics must agree too.
+fn check_twins(backbone: Backbone, size: usize, batch: usize) {
+    let engine = Trainer::new(model(backbone, size), AdamConfig::anomalib());
+    let graph = Trainer::new(model(backbone, size), AdamConfig::anomalib());
+    let x = noise(&[batch, 3, size, size], 11, 2.0);
+    let e = engine.compute(&x).unwrap();
+    let g = graph.compute_with_graph(&x).unwrap();
+    let what = format!("{backbone} {size}² batch {batch}");
+    assert_same_step((&e, &engine), (&g, &graph), TOL, &what);
+    common::assert_same_student(engine.model(), graph.model());
+}
+
+/// Both paths on one model for `batches` steps of the engine with Adam in between: the engine
+/// reuses its buffers from step to step (and across batch sizes).
+fn check_steps(backbone: Backbone, size: usize, batches: &[usize]) {
+    let mut trainer = Trainer::new(model(backbone, size), AdamConfig::anomalib());
+    for (step, &batch) in batches.iter().enumerate() {
+        let x = noise(&[batch, 3, size, size], 11 + step as u64, 2.0);
+        let g = trainer.compute_with_graph(&x).unwrap();
+        let e = trainer.compute(&x).unwrap();
+        let what = format!("{backbone} {size}² batch {batch} step {step}");
+        assert_same_step((&e, &trainer), (&g, &trainer), TOL, &what);
+        trainer.apply(&e).unwrap();
+    }
+}
+
+#[test]
+fn engine_equals_autograd_resnet18() {
+    // 64²: the deepest maps are 2×2 (batched GEMMs); three steps of Adam.
+    check_twins(Backbone::Resnet18, 64, 2);
+    check_steps(Backbone::Resnet18, 64, &[2, 2, 2]);
+}
+
+#[test]
+fn engine_equals_autograd_with_odd_batch_and_size() {
+    // A last, smaller batch of 3 after a batch of 4 through the same engine (its buffers are
+    // reused at another size), on 96² images (3×3 deepest maps).
+    check_steps(Backbone::Resnet18, 96, &[4, 3, 4]);
+}
+
+#[test]
+fn engine_equals_autograd_bottleneck_blocks() {
+    // resnet50 has Bottleneck blocks (1×1 convolutions, the transposed convolution in the
+    // middle stage). 64², two images: the deepest BatchNorms see 8 values per channel.
+    check_twins(Backbone::Resnet50, 64, 2);
+}
+
+#[test]
+fn engine_refuses_what_training_mode_cannot_do() {
+    // One image of 32²: the deepest BatchNorm sees one value per channel.
+    let trainer = Trainer::new(model(Backbone::Resnet18, 32), AdamConfig::anomalib());
+    let x = noise(&[1, 3, 32, 32], 1, 1.0);
+    let err = trainer.compute(&x).unwrap_err().to_string();
+    assert!(err.contains("more than one value per channel"), "{err}");
+}
