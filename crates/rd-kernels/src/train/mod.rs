@@ -13,6 +13,11 @@
 //!   forward pass is bit-identical; the backward pass is the closed-form full gradient (through
 //!   the mean and variance) with its sums in f64.
 //!
+//! Each layer also has raw-data entry points (`conv2d_forward`, `conv2d_grad_input`,
+//! `conv2d_grad_weight`, `batch_norm_forward`/`_backward`, `channel_stats`,
+//! `deconv2x2_forward`/`_backward`) over slices the caller owns: the custom ops wrap them, and
+//! the explicit training engine of `rd-model` calls them on its own recycled buffers.
+//!
 //! A custom op has only a CPU implementation: every function here refuses tensors that are not
 //! f32 on the CPU (before an op is built on them), so callers check [`crate::enabled`] and keep
 //! the pure-Candle reference path for everything else. Backward passes compute first-order
