@@ -12,25 +12,13 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
-use rd_anomaly_map::MapMode;
-use rd_backbone::{Backbone, Teacher};
-use rd_model::{
-    AdamConfig, ModelConfig, ReverseDistillation, StepState, Student, Trainer, Variant,
-};
+use candle_core::Tensor;
+use rd_backbone::Backbone;
+use rd_model::{AdamConfig, ReverseDistillation, StepState, Trainer};
 use rd_tests::noise;
 
 fn model(backbone: Backbone, size: usize) -> ReverseDistillation {
-    let dev = Device::Cpu;
-    let config = ModelConfig {
-        backbone,
-        variant: Variant::Anomalib,
-        image_size: (size, size),
-        map_mode: MapMode::Add,
-    };
-    let teacher = Teacher::seeded(backbone, 3, &dev).unwrap();
-    let student = Student::seeded(backbone, config.variant, 4, &dev).unwrap();
-    ReverseDistillation::new(config, teacher, student).unwrap()
+    common::seeded(backbone, size, (3, 4))
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {

@@ -1,12 +1,15 @@
-//! The whole model on the kernels (fused eval convolutions and deconvolutions, max-pool, the
-//! training ops) equals the reference Candle path within the parity tolerances: features
-//! 1e-4·max|ref|, maps 1e-4. The kernels one by one are tested in rd-kernels.
+//! The whole model on the kernels (fused eval convolutions and deconvolutions, max-pool, and a
+//! training step through the explicit training engine) equals the reference Candle path within
+//! the parity tolerances: features 1e-4·max|ref|, maps 1e-4. The kernels one by one are tested
+//! in rd-kernels; the engine against Candle's autograd over the same kernels in `engine.rs`.
+
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use rd_anomaly_map::MapMode;
 use rd_backbone::{Backbone, Teacher};
 use rd_kernels::with_reference;
-use rd_model::{ModelConfig, ReverseDistillation, Student, Variant};
+use rd_model::{AdamConfig, ReverseDistillation, Student, Trainer, Variant};
 use rd_tests::noise;
 
 /// max |a − b| / max |b|
@@ -29,16 +32,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn model(backbone: Backbone, size: usize) -> ReverseDistillation {
-    let dev = Device::Cpu;
-    let config = ModelConfig {
-        backbone,
-        variant: Variant::Anomalib,
-        image_size: (size, size),
-        map_mode: MapMode::Add,
-    };
-    let teacher = Teacher::seeded(backbone, 3, &dev).unwrap();
-    let student = Student::seeded(backbone, config.variant, 4, &dev).unwrap();
-    ReverseDistillation::new(config, teacher, student).unwrap()
+    common::seeded(backbone, size, (3, 4))
 }
 
 fn check_model(backbone: Backbone, size: usize) {
@@ -62,22 +56,25 @@ fn check_model(backbone: Backbone, size: usize) {
     assert!(max_abs(&fast_m.map, &ref_m.map) < 1e-4);
     assert!(max_abs(&fast_m.scores, &ref_m.scores) < 1e-4);
 
-    // Training mode: the differentiable ops of `rd_kernels::train` give the
-    // same loss and gradients.
-    let lf = m.loss(&x).unwrap();
-    let lr = with_reference(|| m.loss(&x).unwrap());
-    let (vf, vr) = (lf.value().unwrap(), lr.value().unwrap());
+    // Training mode: the explicit training engine (on the kernels of `rd_kernels::train`) gives
+    // the pure-Candle path's loss and gradients.
+    let trainer = Trainer::new(m, AdamConfig::anomalib());
+    let m = trainer.model();
+    let before = rd_kernels::calls();
+    let lf = trainer.compute(&x).unwrap();
+    assert!(rd_kernels::calls() > before, "the engine runs the kernels");
+    let lr = with_reference(|| trainer.compute_with_graph(&x).unwrap());
+    let (vf, vr) = (lf.loss.value().unwrap(), lr.loss.value().unwrap());
     assert!(
         (vf - vr).abs() < 1e-5 * vr.abs().max(1.0),
         "loss {vf} vs {vr}"
     );
-    let gf = lf.total.backward().unwrap();
-    let gr = with_reference(|| lr.total.backward().unwrap());
+    let (gf, gr) = (lf.grads, lr.grads);
     // Training-mode BatchNorm over a few values per channel is ill-conditioned in float32 (see
     // the parity test): the limit is 1e-3·max|ref| or, when larger, four times how far the
     // reference gradient itself moves when the input moves by one float32 ulp.
     let nudged = (&x * (1.0 + f32::EPSILON as f64)).unwrap();
-    let gn = with_reference(|| m.loss(&nudged).unwrap().total.backward().unwrap());
+    let gn = with_reference(|| trainer.compute_with_graph(&nudged).unwrap().grads);
     for (name, var) in m.student_params().trainable_vars() {
         let (Some(a), Some(b), Some(n)) = (
             gf.get(var.as_tensor()),

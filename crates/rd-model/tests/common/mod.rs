@@ -33,15 +33,21 @@ pub fn dataset(root: &Path) -> Splits {
 
 /// A seeded resnet18 model at `SIZE`×`SIZE`.
 pub fn model() -> ReverseDistillation {
+    seeded(Backbone::Resnet18, SIZE, (0, 1))
+}
+
+/// A model of `backbone` at `size`² from the seeds of its teacher and student (anomalib
+/// variant, add mode).
+pub fn seeded(backbone: Backbone, size: usize, (t, s): (u64, u64)) -> ReverseDistillation {
     let dev = Device::Cpu;
     let config = ModelConfig {
-        backbone: Backbone::Resnet18,
+        backbone,
         variant: Variant::Anomalib,
-        image_size: (SIZE, SIZE),
+        image_size: (size, size),
         map_mode: MapMode::Add,
     };
-    let teacher = Teacher::seeded(config.backbone, 0, &dev).unwrap();
-    let student = Student::seeded(config.backbone, config.variant, 1, &dev).unwrap();
+    let teacher = Teacher::seeded(backbone, t, &dev).unwrap();
+    let student = Student::seeded(backbone, config.variant, s, &dev).unwrap();
     ReverseDistillation::new(config, teacher, student).unwrap()
 }
 
