@@ -158,3 +158,57 @@ impl<S: RhsSource> RhsSource for Batch<'_, S> {
         }
     }
 }
+
+/// The im2col matrices of a batch, transposed and stacked, read in place: row `b·n + q` is
+/// output pixel `q` of image `b`, column `(c, ky, kx)` holds `img_b[c][oy·s + ky − pad][ox·s +
+/// kx − pad]` (0 outside). The rhs of a weight gradient `dW = dY·col(X)ᵀ` whose depth is the
+/// whole batch's pixels: no im2col matrix, no transposes.
+#[derive(Debug, Clone, Copy)]
+pub struct Im2colRows<'a> {
+    /// The batch, `b × c × h × w`.
+    pub x: &'a [f32],
+    /// Values per image (`c·h·w`).
+    pub in_len: usize,
+    /// Input height and width.
+    pub hw: (usize, usize),
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Output width.
+    pub wo: usize,
+    /// Output pixels per image.
+    pub n: usize,
+}
+
+impl RhsSource for Im2colRows<'_> {
+    fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        let (h, wi) = self.hw;
+        let (k, pad) = (self.kernel, self.pad as isize);
+        // Each column's plane offset and tap offsets, decoded once per panel.
+        let mut taps = [(0usize, 0isize, 0isize); NR];
+        for (t, tap) in taps[..w].iter_mut().enumerate() {
+            let r = j0 + t;
+            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            *tap = (c * h * wi, ky as isize - pad, kx as isize - pad);
+        }
+        for p in 0..kc {
+            let row = p0 + p;
+            let (b, q) = (row / self.n, row % self.n);
+            let img = &self.x[b * self.in_len..][..self.in_len];
+            let by = ((q / self.wo) * self.stride) as isize;
+            let bx = ((q % self.wo) * self.stride) as isize;
+            let dst = &mut panel[p * NR..][..w];
+            for (d, &(off, dy, dx)) in dst.iter_mut().zip(&taps[..w]) {
+                let (iy, ix) = (by + dy, bx + dx);
+                *d = if iy >= 0 && iy < h as isize && ix >= 0 && ix < wi as isize {
+                    img[off + iy as usize * wi + ix as usize]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}

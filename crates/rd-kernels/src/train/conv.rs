@@ -5,13 +5,21 @@ use rayon::prelude::*;
 
 use super::scratch::{transpose_into, transpose_scratch, Scratch};
 use crate::eval::{conv2d_wide, scatter_planes, BATCH_BELOW_PIXELS};
-use crate::gemm::{self, gemm_acc, Batch, Dense, MatRef};
+use crate::gemm::{self, gemm_acc, Batch, Dense, Im2colRows, MatRef};
 use crate::tensor::{check_len, ensure_cpu_f32, f32_slice, from_vec, with_f32};
 use crate::ConvGeom;
 use crate::Epilogue;
 
 /// Least GEMM depth (pixels summed over) of a weight-gradient GEMM, reached by grouping images.
 const DW_MIN_DEPTH: usize = 512;
+
+/// Output pixels per image below which (or at a stride above 1) the weight gradient runs as
+/// one GEMM with `col(X)ᵀ` packed from the images ([`Im2colRows`]): there the explicit im2col
+/// matrices, their grouping and the transposes cost more than the GEMM (resnet18, 128², batch
+/// 8: the 4×4 layers 10 → 5.6 ms, the OCBE's 768-channel one 16 → 8.7 ms), while on larger maps
+/// with few output channels the packing's gather is the dearer part (32×32, 64 channels: 6 →
+/// 13 ms; 16×16, 128: 6.0 → 6.9 ms).
+const DIRECT_DW_BELOW_PIXELS: usize = 256;
 
 /// Convolution without bias, square kernel, zero padding (see [`conv2d`]).
 struct Conv2dOp {
@@ -94,8 +102,43 @@ pub fn conv2d_grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     })
 }
 
-/// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`.
+/// `dW` (co, ci·k·k) = `dY·col(X)ᵀ` as one GEMM whose depth is the whole batch's pixels: `dY`
+/// with the images side by side as the lhs, `col(X)ᵀ` packed straight from the images
+/// ([`Im2colRows`]). `false` (nothing written) without AVX-512.
+fn grad_weight_direct(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> bool {
+    let (kd, n, co, b) = (g.kdim(), g.n(), g.co, g.b);
+    let depth = b * n;
+    let mut dys = Scratch::take(if b > 1 { co * depth } else { 0 });
+    let lhs: &[f32] = if b > 1 {
+        dys.par_chunks_mut(depth).enumerate().for_each(|(o, row)| {
+            for (bi, dst) in row.chunks_exact_mut(n).enumerate() {
+                dst.copy_from_slice(&dy[(bi * co + o) * n..][..n]);
+            }
+        });
+        &dys
+    } else {
+        dy
+    };
+    let rhs = Im2colRows {
+        x,
+        in_len: g.in_len(),
+        hw: (g.h, g.w),
+        kernel: g.k,
+        stride: g.stride,
+        pad: g.pad,
+        wo: g.wo,
+        n,
+    };
+    dw.fill(0.0);
+    gemm::try_acc_from(dw, MatRef::rows(lhs, depth), &rhs, co, kd, depth)
+}
+
+/// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`, or [`grad_weight_direct`] where that is faster.
 fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let direct = g.n() < DIRECT_DW_BELOW_PIXELS || g.stride > 1;
+    if direct && grad_weight_direct(g, x, dy, dw) {
+        return;
+    }
     let (kd, n, co) = (g.kdim(), g.n(), g.co);
     // On small maps one image gives a shallow GEMM (depth = its pixels, 64 on an 8×8 map),
     // which spends its time storing tiles: images go in groups of at least DW_MIN_DEPTH

@@ -47,6 +47,10 @@ fn conv2d_matches_candle() {
         (1, 4, 3, 5, 5, 1, 1, 0),
         (3, 4, 5, 9, 7, 1, 2, 0),
         (2, 6, 4, 11, 11, 3, 2, 1),
+        // 256 output pixels and more at stride 1: the weight gradient from explicit im2col
+        // matrices (smaller maps and strided ones pack col(X)ᵀ straight from the images).
+        (2, 3, 4, 17, 16, 3, 1, 1),
+        (3, 4, 5, 16, 16, 1, 1, 0),
     ];
     for (i, &(b, ci, co, h, w, k, stride, pad)) in cases.iter().enumerate() {
         let seed = 100 * i as u64;
