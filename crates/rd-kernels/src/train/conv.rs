@@ -21,6 +21,12 @@ const DW_MIN_DEPTH: usize = 512;
 /// 13 ms; 16×16, 128: 6.0 → 6.9 ms).
 const DIRECT_DW_BELOW_PIXELS: usize = 256;
 
+/// Output pixels per image below which the input gradient runs as [`grad_input_direct`]: on the
+/// 4×4 maps reading `W` transposed dominates (resnet18, 128², batch 8: 9.6 → 5.4 ms per 512-channel
+/// layer, the OCBE's 768-channel one 13.3 → 7.5 ms); from 8×8 up the scatter from pixel-major
+/// rows costs more than it saves (8×8, 256 channels: 7.3 → 8.8–15 ms).
+const DIRECT_DX_BELOW_PIXELS: usize = 64;
+
 /// Convolution without bias, square kernel, zero padding (see [`conv2d`]).
 struct Conv2dOp {
     stride: usize,
@@ -108,17 +114,8 @@ pub fn conv2d_grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
 fn grad_weight_direct(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> bool {
     let (kd, n, co, b) = (g.kdim(), g.n(), g.co, g.b);
     let depth = b * n;
-    let mut dys = Scratch::take(if b > 1 { co * depth } else { 0 });
-    let lhs: &[f32] = if b > 1 {
-        dys.par_chunks_mut(depth).enumerate().for_each(|(o, row)| {
-            for (bi, dst) in row.chunks_exact_mut(n).enumerate() {
-                dst.copy_from_slice(&dy[(bi * co + o) * n..][..n]);
-            }
-        });
-        &dys
-    } else {
-        dy
-    };
+    let dys = ChannelRows::of(dy, b, co, n);
+    let lhs = dys.rows();
     let rhs = Im2colRows {
         x,
         in_len: g.in_len(),
@@ -131,6 +128,35 @@ fn grad_weight_direct(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> bo
     };
     dw.fill(0.0);
     gemm::try_acc_from(dw, MatRef::rows(lhs, depth), &rhs, co, kd, depth)
+}
+
+/// An NCHW gradient as a `co × b·n` matrix (row `o` holds channel `o` of every image, side by
+/// side): the batch's `dY` as one GEMM operand. A batch of one is its own.
+struct ChannelRows<'a> {
+    dy: &'a [f32],
+    stacked: Option<Scratch>,
+}
+
+impl<'a> ChannelRows<'a> {
+    fn of(dy: &'a [f32], b: usize, co: usize, n: usize) -> Self {
+        if b == 1 {
+            return ChannelRows { dy, stacked: None };
+        }
+        let mut rows = Scratch::take(co * b * n);
+        rows.par_chunks_mut(b * n).enumerate().for_each(|(o, row)| {
+            for (bi, dst) in row.chunks_exact_mut(n).enumerate() {
+                dst.copy_from_slice(&dy[(bi * co + o) * n..][..n]);
+            }
+        });
+        ChannelRows {
+            dy,
+            stacked: Some(rows),
+        }
+    }
+
+    fn rows(&self) -> &[f32] {
+        self.stacked.as_deref().unwrap_or(self.dy)
+    }
 }
 
 /// `dW` (co, ci·k·k) = `(Σ_b col(X_b)·dY_bᵀ)ᵀ`, or [`grad_weight_direct`] where that is faster.
@@ -180,9 +206,45 @@ fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     transpose_into(&dwt, kd, co, dw);
 }
 
-/// `dX_b = col2im(Wᵀ·dY_b)`.
+/// `dX = col2im(dcolᵀ)` with `dcolᵀ (b·n × ci·k·k) = dYᵀ·W` as one GEMM: the batch's `dY`
+/// read transposed in place (consecutive pixels, a short stride between channels) and `W` packed
+/// as it is stored, where `Wᵀ·dY` reads `W` transposed (a new page every step of the depth).
+/// `false` (nothing written) without AVX-512.
+fn grad_input_direct(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) -> bool {
+    let (kd, n, co, b) = (g.kdim(), g.n(), g.co, g.b);
+    let bn = b * n;
+    let dys = ChannelRows::of(dy, b, co, n);
+    let mut dcol = Scratch::zeroed(bn * kd);
+    let lhs = MatRef::transposed(dys.rows(), bn);
+    if !gemm::try_acc_from(&mut dcol, lhs, &Dense { data: w, n: kd }, bn, kd, co) {
+        return false;
+    }
+    let (kk, plane) = (g.k * g.k, g.h * g.w);
+    let (s, pad) = (g.stride as isize, g.pad as isize);
+    dx.par_chunks_mut(plane).enumerate().for_each(|(p, img)| {
+        let (bi, c) = (p / g.ci, p % g.ci);
+        img.fill(0.0);
+        for q in 0..n {
+            let (oy, ox) = ((q / g.wo) as isize, (q % g.wo) as isize);
+            let taps = &dcol[(bi * n + q) * kd + c * kk..][..kk];
+            for (t, v) in taps.iter().enumerate() {
+                let iy = oy * s + (t / g.k) as isize - pad;
+                let ix = ox * s + (t % g.k) as isize - pad;
+                if iy >= 0 && iy < g.h as isize && ix >= 0 && ix < g.w as isize {
+                    img[iy as usize * g.w + ix as usize] += v;
+                }
+            }
+        }
+    });
+    true
+}
+
+/// `dX_b = col2im(Wᵀ·dY_b)`, or [`grad_input_direct`] where that is faster.
 fn grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (kd, n, co) = (g.kdim(), g.n(), g.co);
+    if n < DIRECT_DX_BELOW_PIXELS && grad_input_direct(g, w, dy, dx) {
+        return;
+    }
     // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
     let wt_view = MatRef::transposed(w, kd);
     if g.b > 1 && n < BATCH_BELOW_PIXELS && grad_input_batched(g, wt_view, dy, dx) {
