@@ -897,9 +897,16 @@ fn worker(spec: &str, args: &BenchArgs) -> Result<()> {
             let mut trainer = Trainer::new(model, AdamConfig::anomalib());
             for i in 0..args.warmup + args.runs {
                 let (t0, c0, f0) = (Instant::now(), cpu_seconds(), gemm_flops());
-                let state = trainer.compute_marked(&x, args.backprop(), &mut |_| {})?;
-                trainer.apply(&state)?;
-                let _ = state.loss.value()?;
+                // What `rd train` runs: the engine's fused step, or the autograd path.
+                let loss = match args.backprop() {
+                    Backprop::Engine => trainer.step(&x)?,
+                    Backprop::Graph => {
+                        let state = trainer.compute_with_graph(&x)?;
+                        trainer.apply(&state)?;
+                        state.loss
+                    }
+                };
+                let _ = loss.value()?;
                 if i >= args.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                     cpu += cpu_seconds() - c0;

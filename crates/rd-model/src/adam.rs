@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor, TensorId, Var};
 use rayon::prelude::*;
 
 use crate::Gradients;
@@ -66,16 +66,24 @@ pub struct Adam {
     config: AdamConfig,
     params: Vec<(String, Var)>,
     state: Vec<Option<Moments>>,
+    /// Each parameter's position in `params`, by tensor.
+    index: HashMap<TensorId, usize>,
 }
 
 impl Adam {
     /// An optimiser for `params` (name, variable), all starting without state.
     pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Self {
         let state = vec![None; params.len()];
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (v.as_tensor().id(), i))
+            .collect();
         Adam {
             config,
             params,
             state,
+            index,
         }
     }
 
@@ -91,39 +99,52 @@ impl Adam {
 
     /// One update from `grads`; parameters without a gradient are left alone, moments included.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let c = self.config;
-        for ((_, var), state) in self.params.iter().zip(self.state.iter_mut()) {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let p = var.as_tensor().detach();
-            let mut g = g.detach();
-            let s = match state {
-                Some(s) => s,
-                None => state.insert(Moments {
-                    m: p.zeros_like()?,
-                    v: p.zeros_like()?,
-                    step: 0,
-                }),
-            };
-            s.step += 1;
-            if fused_ok(&p, &g, s) {
-                // The fused pass adds the weight decay itself.
-                step_fused(&c, &p, &g, s)?;
-                continue;
+        for i in 0..self.params.len() {
+            if let Some(g) = grads.get(self.params[i].1.as_tensor()) {
+                self.update_at(i, g)?;
             }
-            if c.weight_decay != 0.0 {
-                g = (g + (&p * c.weight_decay)?)?;
-            }
-            s.m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let bias1 = 1.0 - c.beta1.powi(s.step as i32);
-            let bias2_sqrt = (1.0 - c.beta2.powi(s.step as i32)).sqrt();
-            let denom = ((s.v.sqrt()? / bias2_sqrt)? + c.eps)?;
-            let update = ((&s.m / denom)? * (c.lr / bias1))?;
-            var.set(&(p - update)?)?;
         }
         Ok(())
+    }
+
+    /// The update of one parameter from its gradient, exactly as [`Adam::step`] makes it: for a
+    /// caller that has the gradients one at a time (the training engine's fused step). Fails
+    /// for a tensor that is not one of the optimiser's parameters.
+    pub fn update(&mut self, param: &Tensor, grad: &Tensor) -> Result<()> {
+        let Some(&i) = self.index.get(&param.id()) else {
+            candle_core::bail!("Adam: a gradient for a tensor that is not one of its parameters")
+        };
+        self.update_at(i, grad)
+    }
+
+    fn update_at(&mut self, i: usize, g: &Tensor) -> Result<()> {
+        let c = self.config;
+        let (var, state) = (&self.params[i].1, &mut self.state[i]);
+        let p = var.as_tensor().detach();
+        let mut g = g.detach();
+        let s = match state {
+            Some(s) => s,
+            None => state.insert(Moments {
+                m: p.zeros_like()?,
+                v: p.zeros_like()?,
+                step: 0,
+            }),
+        };
+        s.step += 1;
+        if fused_ok(&p, &g, s) {
+            // The fused pass adds the weight decay itself.
+            return step_fused(&c, &p, &g, s);
+        }
+        if c.weight_decay != 0.0 {
+            g = (g + (&p * c.weight_decay)?)?;
+        }
+        s.m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+        s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+        let bias1 = 1.0 - c.beta1.powi(s.step as i32);
+        let bias2_sqrt = (1.0 - c.beta2.powi(s.step as i32)).sqrt();
+        let denom = ((s.v.sqrt()? / bias2_sqrt)? + c.eps)?;
+        let update = ((&s.m / denom)? * (c.lr / bias1))?;
+        var.set(&(p - update)?)
     }
 
     /// The state as named tensors: `adam.m.<param>`, `adam.v.<param>`, `adam.step.<param>`.

@@ -424,35 +424,50 @@ impl Fit {
     /// Forward, backward, loss check and Adam on one batch ([`Trainer::compute`] and
     /// [`Trainer::apply`], as the parity tests drive them); returns the loss and its terms.
     fn step(&mut self, x: &Tensor, epoch: usize) -> Result<(f32, [f32; 3])> {
-        let computed = self.trainer.compute(x).and_then(|state| {
-            let v = state.loss.value()?;
-            let t = state.loss.term_values()?;
-            Ok((state, v, t))
-        });
-        let (state, value, terms) = computed.map_err(|e| self.rescue(e))?;
-        if !value.is_finite() {
-            let last = match &self.last_checkpoint {
-                Some((path, e, s)) => format!(
-                    "the checkpoint {} ({e} epochs{}) predates it",
-                    path.display(),
-                    if *s > 0 {
-                        format!(" + {s} steps")
-                    } else {
-                        String::new()
-                    }
-                ),
-                None => "no checkpoint was written yet".into(),
-            };
-            return Err(ModelError::Training(format!(
-                "the loss became {value} in epoch {} (step {}): training diverged; {last}; \
-                 lower the learning rate and resume from a checkpoint or start again",
-                epoch + 1,
-                self.steps + 1
-            )));
+        // The loss is looked at before anything is updated: a non-finite one stops the run
+        // with the model as the last step left it.
+        let mut seen = None;
+        let mut check = |loss: &crate::Loss| -> Result<()> {
+            let value = loss.value()?;
+            seen = Some((value, loss.term_values()?));
+            if value.is_finite() {
+                Ok(())
+            } else {
+                Err(ModelError::Training("the loss is not finite".into()))
+            }
+        };
+        let stepped = self.trainer.step_checked(x, &mut check);
+        match (stepped, seen) {
+            (Ok(_), Some(seen)) => Ok(seen),
+            (Ok(_), None) => Err(ModelError::Training("the step reported no loss".into())),
+            // Failed before the update began: the state is whole, save it.
+            (Err(e), None) => Err(self.rescue(e)),
+            (Err(_), Some((value, _))) if !value.is_finite() => Err(self.diverged(value, epoch)),
+            // A failure inside the update may leave it half-applied: no rescue checkpoint then.
+            (Err(e), Some(_)) => Err(e),
         }
-        // A failure inside the update may leave it half-applied: no rescue checkpoint then.
-        self.trainer.apply(&state)?;
-        Ok((value, terms))
+    }
+
+    /// The error for a loss that became `value` (not finite) in `epoch`.
+    fn diverged(&self, value: f32, epoch: usize) -> ModelError {
+        let last = match &self.last_checkpoint {
+            Some((path, e, s)) => format!(
+                "the checkpoint {} ({e} epochs{}) predates it",
+                path.display(),
+                if *s > 0 {
+                    format!(" + {s} steps")
+                } else {
+                    String::new()
+                }
+            ),
+            None => "no checkpoint was written yet".into(),
+        };
+        ModelError::Training(format!(
+            "the loss became {value} in epoch {} (step {}): training diverged; {last}; lower the \
+             learning rate and resume from a checkpoint or start again",
+            epoch + 1,
+            self.steps + 1
+        ))
     }
 
     /// Trains on `samples` until the configured epochs (or steps) are done or the interrupt

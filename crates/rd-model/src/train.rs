@@ -22,6 +22,17 @@ pub struct Trainer {
     engine: Engine,
 }
 
+/// What [`Trainer::engine_forward`] computed: everything up to the student's backward pass.
+struct EngineForward {
+    teacher: FeatureMaps,
+    pass: crate::engine::Pass,
+    /// The student features as leaves of the loss's graph.
+    vars: [candle_core::Var; 3],
+    loss: Loss,
+    /// The loss's gradient for each student feature map, finest first.
+    d: [Tensor; 3],
+}
+
 /// How a step computes its gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backprop {
@@ -156,40 +167,85 @@ impl Trainer {
         if backprop == Backprop::Graph || !Engine::supports(x) {
             return self.graph_step(x, mark);
         }
+        let f = self.engine_forward(x, mark)?;
+        let student = self.model.student();
+        let bottleneck = f.pass.bottleneck.to_tensor()?;
+        let mut grads = Gradients::default();
+        let mut sink = |param: &Tensor, grad: Tensor| {
+            grads.insert(param, grad);
+            Ok(())
+        };
+        let [dc, db, da] = &f.d;
+        self.engine
+            .backward(student, f.pass, [dc, db, da], &mut sink)?;
+        mark(StepPhase::Backward);
+        Ok(StepState {
+            features: Features {
+                teacher: f.teacher,
+                bottleneck,
+                student: FeatureMaps(f.vars.map(|v| v.as_detached_tensor())),
+            },
+            loss: f.loss,
+            grads,
+        })
+    }
+
+    /// The engine's forward pass, the loss and its gradient for the student's features.
+    fn engine_forward(&self, x: &Tensor, mark: &mut dyn FnMut(StepPhase)) -> Result<EngineForward> {
         self.model.check_batch(x)?;
         let teacher = self.model.teacher().forward(x)?;
         mark(StepPhase::Teacher);
-        let student = self.model.student();
-        let pass = self.engine.forward(student, &teacher)?;
+        let pass = self.engine.forward(self.model.student(), &teacher)?;
         mark(StepPhase::StudentForward);
-        let vars = pass.features.each_ref().map(|f| f.to_var());
-        let [c, b, a] = vars;
+        let [c, b, a] = pass.features.each_ref().map(|f| f.to_var());
         let vars = [c?, b?, a?];
         let features = FeatureMaps(vars.each_ref().map(|v| v.as_tensor().clone()));
         let loss = crate::rd_loss(&teacher, &features)?;
         let from_loss = loss.total.backward()?;
         mark(StepPhase::Loss);
-        let d = vars.each_ref().map(|v| from_loss.get(v.as_tensor()));
+        let d = vars
+            .each_ref()
+            .map(|v| from_loss.get(v.as_tensor()).cloned());
         let [Some(dc), Some(db), Some(da)] = d else {
             return Err(candle_core::Error::Msg(
                 "the loss gave no gradient for a student feature map".into(),
             )
             .into());
         };
-        let bottleneck = pass.bottleneck.to_tensor()?;
-        let mut grads = Gradients::default();
-        self.engine
-            .backward(student, pass, [dc, db, da], &mut grads)?;
-        mark(StepPhase::Backward);
-        Ok(StepState {
-            features: Features {
-                teacher,
-                bottleneck,
-                student: FeatureMaps(vars.map(|v| v.as_detached_tensor())),
-            },
+        Ok(EngineForward {
+            teacher,
+            pass,
+            vars,
             loss,
-            grads,
+            d: [dc, db, da],
         })
+    }
+
+    /// One whole step whose loss `check` sees before anything is updated (an error from it
+    /// ends the step with the model untouched). On the engine the optimiser updates each
+    /// parameter as soon as its gradient is complete, so the step never holds all the
+    /// gradients at once (a quarter of the training memory that the optimiser's state adds to
+    /// the weights); the result is bit-identical to [`Trainer::compute`] then
+    /// [`Trainer::apply`]. A failure after `check` may leave the update half-applied.
+    pub fn step_checked(
+        &mut self,
+        x: &Tensor,
+        check: &mut dyn FnMut(&Loss) -> Result<()>,
+    ) -> Result<Loss> {
+        if !Engine::supports(x) {
+            let state = self.compute(x)?;
+            check(&state.loss)?;
+            self.apply(&state)?;
+            return Ok(state.loss);
+        }
+        let f = self.engine_forward(x, &mut |_| {})?;
+        check(&f.loss)?;
+        let adam = &mut self.adam;
+        let mut sink = |param: &Tensor, grad: Tensor| adam.update(param, &grad);
+        let [dc, db, da] = &f.d;
+        self.engine
+            .backward(self.model.student(), f.pass, [dc, db, da], &mut sink)?;
+        Ok(f.loss)
     }
 
     /// [`Trainer::compute`] through Candle's autograd whatever the device: the reference the
@@ -225,11 +281,10 @@ impl Trainer {
         Ok(self.adam.step(&state.grads)?)
     }
 
-    /// One whole step; returns the loss before the update.
+    /// One whole step ([`Trainer::step_checked`] without a check); returns the loss before
+    /// the update.
     pub fn step(&mut self, x: &Tensor) -> Result<Loss> {
-        let state = self.compute(x)?;
-        self.apply(&state)?;
-        Ok(state.loss)
+        self.step_checked(x, &mut |_| Ok(()))
     }
 
     /// Ends training, returning the model.

@@ -150,3 +150,52 @@ fn engine_refuses_what_training_mode_cannot_do() {
     let err = trainer.compute(&x).unwrap_err().to_string();
     assert!(err.contains("more than one value per channel"), "{err}");
 }
+
+#[test]
+fn fused_step_equals_compute_then_apply() {
+    // `step_checked` updates each parameter as soon as its gradient is complete: the weights,
+    // running statistics and optimiser state must be those of the two-half step, bit for bit.
+    let mut fused = Trainer::new(model(Backbone::Resnet18, 64), AdamConfig::anomalib());
+    let mut halves = Trainer::new(model(Backbone::Resnet18, 64), AdamConfig::anomalib());
+    for step in 0..3 {
+        let x = noise(&[2, 3, 64, 64], 60 + step, 2.0);
+        let a = fused.step_checked(&x, &mut |_| Ok(())).unwrap();
+        let state = halves.compute(&x).unwrap();
+        halves.apply(&state).unwrap();
+        assert_eq!(
+            bits(&a.total),
+            bits(&state.loss.total),
+            "loss at step {step}"
+        );
+        common::assert_same_student(fused.model(), halves.model());
+    }
+    let (sa, sb) = (
+        fused.optimizer().state_tensors().unwrap(),
+        halves.optimizer().state_tensors().unwrap(),
+    );
+    assert_eq!(sa.len(), sb.len());
+    for ((na, ta), (nb, tb)) in sa.iter().zip(&sb) {
+        assert_eq!(na, nb);
+        let (ta, tb) = (
+            ta.to_dtype(candle_core::DType::F32).unwrap(),
+            tb.to_dtype(candle_core::DType::F32).unwrap(),
+        );
+        assert_eq!(bits(&ta), bits(&tb), "optimiser state {na}");
+    }
+}
+
+#[test]
+fn a_refused_loss_updates_nothing() {
+    let mut trainer = Trainer::new(model(Backbone::Resnet18, 64), AdamConfig::anomalib());
+    let before = common::student_tensors(trainer.model());
+    let x = noise(&[2, 3, 64, 64], 5, 2.0);
+    let refuse = &mut |_: &rd_model::Loss| Err(rd_model::ModelError::Training("no".into()));
+    assert!(trainer.step_checked(&x, refuse).is_err());
+    for (name, after) in common::student_tensors(trainer.model()) {
+        // The forward pass moves the running statistics; nothing else may change.
+        if !name.contains("running_") {
+            assert_eq!(before[&name], after, "{name} changed");
+        }
+    }
+    assert!(trainer.optimizer().state_tensors().unwrap().is_empty());
+}

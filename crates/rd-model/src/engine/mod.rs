@@ -28,9 +28,14 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 use rd_backbone::FeatureMaps;
 
-use crate::{Gradients, Student};
+use crate::Student;
 use buf::{Buf, Pool};
 use stage::{blocks_backward, blocks_forward, Block, BlockTape, Stage, StageTape};
+
+/// Where the backward pass hands each parameter's gradient, as soon as it is complete: a
+/// [`crate::Gradients`] collecting them, or the optimiser updating the parameter at once (the
+/// parameter is not read again in that backward pass).
+pub(crate) type GradSink<'a> = dyn FnMut(&Tensor, Tensor) -> Result<()> + 'a;
 
 /// The explicit training engine; holds the buffers it reuses from step to step.
 #[derive(Debug, Default)]
@@ -119,13 +124,13 @@ impl Engine {
     }
 
     /// The backward pass of `pass` from the loss's gradients `d` of the student features
-    /// (finest first): every trainable parameter's gradient into `grads`.
+    /// (finest first): every trainable parameter's gradient to `sink`.
     pub(crate) fn backward(
         &self,
         student: &Student,
         pass: Pass,
         d: [&Tensor; 3],
-        grads: &mut Gradients,
+        sink: &mut GradSink,
     ) -> Result<()> {
         let pool = &self.pool;
         let l = Layers::of(student);
@@ -142,14 +147,14 @@ impl Engine {
             .into_iter()
             .enumerate()
         {
-            let Some(mut up) = blocks_backward(blocks, tape, g, true, grads, pool)? else {
+            let Some(mut up) = blocks_backward(blocks, tape, g, true, sink, pool)? else {
                 candle_core::bail!("engine: the decoder gave no input gradient")
             };
             let from_loss = pool.copy_of(d[k + 1])?;
             stage::add_assign(&mut up, &from_loss);
             g = up;
         }
-        let Some(dz) = blocks_backward(&l.decoder[0], ta, g, true, grads, pool)? else {
+        let Some(dz) = blocks_backward(&l.decoder[0], ta, g, true, sink, pool)? else {
             candle_core::bail!("engine: the decoder gave no bottleneck gradient")
         };
         let OcbeTape {
@@ -158,16 +163,16 @@ impl Engine {
             split,
             blocks,
         } = ocbe;
-        let Some(dfused) = blocks_backward(&l.ocbe, blocks, dz, true, grads, pool)? else {
+        let Some(dfused) = blocks_backward(&l.ocbe, blocks, dz, true, sink, pool)? else {
             candle_core::bail!("engine: the OCBE gave no gradient for its fused input")
         };
         let [dl1, dl2] = split_channels(&dfused, split, pool);
         drop(dfused);
-        let (Some(dl1), _) = l.down1[1].backward(t1b, dl1, true, grads, pool)? else {
+        let (Some(dl1), _) = l.down1[1].backward(t1b, dl1, true, sink, pool)? else {
             candle_core::bail!("engine: no gradient for the OCBE's first stage")
         };
-        l.down1[0].backward(t1a, dl1, false, grads, pool)?;
-        l.down2.backward(t2, dl2, false, grads, pool)?;
+        l.down1[0].backward(t1a, dl1, false, sink, pool)?;
+        l.down2.backward(t2, dl2, false, sink, pool)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use rd_kernels::train::{self, BatchStats, DeconvGeom};
 use rd_kernels::{with_f32, ConvGeom};
 
 use super::buf::{Buf, Pool};
-use crate::Gradients;
+use super::GradSink;
 
 /// The linear half of a stage.
 #[derive(Debug, Clone, Copy)]
@@ -133,14 +133,14 @@ impl<'a> Stage<'a> {
         Ok((y, tape))
     }
 
-    /// From the gradient `dy` of the output: the parameters' gradients into `grads`, and the
+    /// From the gradient `dy` of the output: each parameter's gradient to `sink`, and the
     /// gradients of the input (when `need_dx`) and of the residual (when one joined).
     pub fn backward(
         &self,
         tape: StageTape,
         mut dy: Buf,
         need_dx: bool,
-        grads: &mut Gradients,
+        sink: &mut GradSink,
         pool: &Pool,
     ) -> Result<(Option<Buf>, Option<Buf>)> {
         let StageTape {
@@ -171,8 +171,8 @@ impl<'a> Stage<'a> {
             train::batch_norm_backward(&z, mask, &dy, z.nchw(), stats, gamma, Some(&mut dz))
         })?;
         drop(relu_out);
-        grads.insert(self.bn.weight(), vector(dgamma)?);
-        grads.insert(self.bn.bias(), vector(dbeta)?);
+        sink(self.bn.weight(), vector(dgamma)?)?;
+        sink(self.bn.bias(), vector(dbeta)?)?;
         let w = self.linear.weight();
         let mut dx = need_dx.then(|| pool.take(x.dims()));
         let mut dw = vec![0f32; w.elem_count()];
@@ -189,7 +189,7 @@ impl<'a> Stage<'a> {
                 train::deconv2x2_backward(&g, &x, wv, &dz, dx, Some(&mut dw));
             }
         })?;
-        grads.insert(w, Tensor::from_vec(dw, w.shape(), w.device())?);
+        sink(w, Tensor::from_vec(dw, w.shape(), w.device())?)?;
         Ok((dx, joined.then_some(dy)))
     }
 }
@@ -266,13 +266,13 @@ impl<'a> Block<'a> {
         Ok((h, BlockTape { stages, shortcut }))
     }
 
-    /// The parameters' gradients into `grads`; the input's gradient when `need_dx`.
+    /// Each parameter's gradient to `sink`; the input's gradient when `need_dx`.
     pub fn backward(
         &self,
         tape: BlockTape,
         dy: Buf,
         need_dx: bool,
-        grads: &mut Gradients,
+        sink: &mut GradSink,
         pool: &Pool,
     ) -> Result<Option<Buf>> {
         let last = self.stages.len() - 1;
@@ -282,7 +282,7 @@ impl<'a> Block<'a> {
             let Some(g) = grad.take() else {
                 bail!("engine: no gradient reached stage {i}")
             };
-            let (dx, dr) = stage.backward(t, g, i > 0 || need_dx, grads, pool)?;
+            let (dx, dr) = stage.backward(t, g, i > 0 || need_dx, sink, pool)?;
             if i == last {
                 joined = dr;
             }
@@ -292,7 +292,7 @@ impl<'a> Block<'a> {
             bail!("engine: the block's last stage did not join the residual")
         };
         let through_shortcut = match (&self.shortcut, tape.shortcut) {
-            (Some(s), Some(t)) => s.backward(t, joined, need_dx, grads, pool)?.0,
+            (Some(s), Some(t)) => s.backward(t, joined, need_dx, sink, pool)?.0,
             _ => need_dx.then_some(joined),
         };
         Ok(match (grad, through_shortcut) {
@@ -327,7 +327,7 @@ pub(crate) fn blocks_backward(
     tapes: Vec<BlockTape>,
     dy: Buf,
     need_dx: bool,
-    grads: &mut Gradients,
+    sink: &mut GradSink,
     pool: &Pool,
 ) -> Result<Option<Buf>> {
     let mut grad = Some(dy);
@@ -335,7 +335,7 @@ pub(crate) fn blocks_backward(
         let Some(g) = grad.take() else {
             bail!("engine: no gradient reached block {i}")
         };
-        grad = b.backward(t, g, i > 0 || need_dx, grads, pool)?;
+        grad = b.backward(t, g, i > 0 || need_dx, sink, pool)?;
     }
     Ok(grad)
 }
