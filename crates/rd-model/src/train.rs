@@ -26,11 +26,9 @@ pub struct Trainer {
 struct EngineForward {
     teacher: FeatureMaps,
     pass: crate::engine::Pass,
-    /// The student features as leaves of the loss's graph.
-    vars: [candle_core::Var; 3],
     loss: Loss,
     /// The loss's gradient for each student feature map, finest first.
-    d: [Tensor; 3],
+    d: [crate::engine::buf::Buf; 3],
 }
 
 /// How a step computes its gradients.
@@ -170,20 +168,20 @@ impl Trainer {
         let f = self.engine_forward(x, mark)?;
         let student = self.model.student();
         let bottleneck = f.pass.bottleneck.to_tensor()?;
+        let [c, b, a] = f.pass.features.each_ref().map(|s| s.to_tensor());
+        let features = FeatureMaps([c?, b?, a?]);
         let mut grads = Gradients::default();
         let mut sink = |param: &Tensor, grad: Tensor| {
             grads.insert(param, grad);
             Ok(())
         };
-        let [dc, db, da] = &f.d;
-        self.engine
-            .backward(student, f.pass, [dc, db, da], &mut sink)?;
+        self.engine.backward(student, f.pass, f.d, &mut sink)?;
         mark(StepPhase::Backward);
         Ok(StepState {
             features: Features {
                 teacher: f.teacher,
                 bottleneck,
-                student: FeatureMaps(f.vars.map(|v| v.as_detached_tensor())),
+                student: features,
             },
             loss: f.loss,
             grads,
@@ -197,27 +195,18 @@ impl Trainer {
         mark(StepPhase::Teacher);
         let pass = self.engine.forward(self.model.student(), &teacher)?;
         mark(StepPhase::StudentForward);
-        let [c, b, a] = pass.features.each_ref().map(|f| f.to_var());
-        let vars = [c?, b?, a?];
-        let features = FeatureMaps(vars.each_ref().map(|v| v.as_tensor().clone()));
-        let loss = crate::rd_loss(&teacher, &features)?;
-        let from_loss = loss.total.backward()?;
-        mark(StepPhase::Loss);
-        let d = vars
-            .each_ref()
-            .map(|v| from_loss.get(v.as_tensor()).cloned());
-        let [Some(dc), Some(db), Some(da)] = d else {
-            return Err(candle_core::Error::Msg(
-                "the loss gave no gradient for a student feature map".into(),
-            )
-            .into());
+        let (terms, d) = self.engine.loss(&teacher, &pass)?;
+        let scalar = |v: f64| Tensor::new(v as f32, x.device());
+        let loss = Loss {
+            total: scalar(terms.iter().sum())?,
+            terms: [scalar(terms[0])?, scalar(terms[1])?, scalar(terms[2])?],
         };
+        mark(StepPhase::Loss);
         Ok(EngineForward {
             teacher,
             pass,
-            vars,
             loss,
-            d: [dc, db, da],
+            d,
         })
     }
 
@@ -242,9 +231,8 @@ impl Trainer {
         check(&f.loss)?;
         let adam = &mut self.adam;
         let mut sink = |param: &Tensor, grad: Tensor| adam.update(param, &grad);
-        let [dc, db, da] = &f.d;
         self.engine
-            .backward(self.model.student(), f.pass, [dc, db, da], &mut sink)?;
+            .backward(self.model.student(), f.pass, f.d, &mut sink)?;
         Ok(f.loss)
     }
 

@@ -15,7 +15,8 @@
 //!
 //! Each layer also has raw-data entry points (`conv2d_forward`, `conv2d_grad_input`,
 //! `conv2d_grad_weight`, `batch_norm_forward`/`_backward`, `channel_stats`,
-//! `deconv2x2_forward`/`_backward`) over slices the caller owns: the custom ops wrap them, and
+//! `deconv2x2_forward`/`_backward`, and the loss term with its gradient, `cosine_loss`) over
+//! slices the caller owns: the custom ops wrap them, and
 //! the explicit training engine of `rd-model` calls them on its own recycled buffers.
 //!
 //! A custom op has only a CPU implementation: every function here refuses tensors that are not
@@ -27,6 +28,7 @@ mod add_relu;
 mod batch_norm;
 mod conv;
 mod deconv;
+mod loss;
 mod scratch;
 
 pub use add_relu::add_relu;
@@ -36,3 +38,4 @@ pub use batch_norm::{
 };
 pub use conv::{conv2d, conv2d_forward, conv2d_grad_input, conv2d_grad_weight};
 pub use deconv::{deconv2x2, deconv2x2_backward, deconv2x2_forward, DeconvGeom};
+pub use loss::cosine_loss;

@@ -4,7 +4,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor};
 
 /// Freed buffers, kept for the next request they can hold. Cloning shares the pool.
 #[derive(Debug, Clone, Default)]
@@ -72,12 +72,6 @@ impl Buf {
     pub fn to_tensor(&self) -> Result<Tensor> {
         let [b, c, h, w] = self.dims;
         Tensor::from_slice(&self.data, (b, c, h, w), &Device::Cpu)
-    }
-
-    /// A copy as a fresh variable, a leaf that Candle's autograd gives a gradient.
-    pub fn to_var(&self) -> Result<Var> {
-        let [b, c, h, w] = self.dims;
-        Var::from_slice(&self.data, (b, c, h, w), &Device::Cpu)
     }
 }
 
