@@ -308,7 +308,7 @@ fn phase_table(args: &BenchArgs) -> Result<()> {
             phase_line(backbone, "**step**", total.0, total.1, peak)
         );
     }
-    println!("\nTime inside the training kernels (Candle custom ops), per step:\n");
+    println!("\nTime inside the training kernels, per step:\n");
     println!("| backbone | kernel | calls per step | per step |\n|---|---|---:|---:|");
     let runs = args.runs.max(1);
     for (backbone, rows) in kernels {

@@ -184,15 +184,6 @@ struct Backward<'a> {
 }
 
 impl Backward<'_> {
-    /// `dy` masked by the ReLU (`y > 0`) when there is one; `i` indexes the whole batch.
-    #[inline(always)]
-    fn masked(&self, dy: f32, i: usize) -> f32 {
-        match self.mask {
-            Some(y) if y[i] <= 0.0 => 0.0,
-            _ => dy,
-        }
-    }
-
     /// The per-channel sums over batch and pixels.
     fn sums(&self, x: &[f32], dy: &[f32], b: usize, hw: usize) -> BnSums {
         let c = self.stats.mean.len();
@@ -226,14 +217,12 @@ impl Backward<'_> {
         s2: &mut [f64; LANES],
     ) {
         let m = self.stats.mean[ch] as f64;
-        let mut i = plane.start;
-        while i < plane.end {
-            for l in 0..LANES.min(plane.end - i) {
-                let g = self.masked(dy[i + l], i + l) as f64;
-                s1[l] += g;
-                s2[l] += g * (x[i + l] as f64 - m);
-            }
-            i += LANES;
+        let (x, dy) = (&x[plane.clone()], &dy[plane.clone()]);
+        // The mask's presence is decided once per plane, so each loop below is branch-free
+        // straight-line code over fixed-size chunks.
+        match self.mask.map(|y| &y[plane]) {
+            Some(y) => lane_sums(x, dy, |i| y[i] > 0.0, m, s1, s2),
+            None => lane_sums(x, dy, |_| true, m, s1, s2),
         }
     }
 
@@ -265,12 +254,49 @@ impl Backward<'_> {
             let ch = p % c;
             let (a, bb, cc) = coef[ch];
             let m = self.stats.mean[ch];
-            let o = p * hw;
-            for (i, d) in out.iter_mut().enumerate() {
-                let g = self.masked(dy[o + i], o + i);
-                *d = a * g + bb * (x[o + i] - m) + cc;
+            let span = p * hw..(p + 1) * hw;
+            let values = out.iter_mut().zip(&x[span.clone()]).zip(&dy[span.clone()]);
+            match self.mask {
+                Some(y) => {
+                    for (((d, x), g), y) in values.zip(&y[span]) {
+                        let g = if *y > 0.0 { *g } else { 0.0 };
+                        *d = a * g + bb * (x - m) + cc;
+                    }
+                }
+                None => {
+                    for ((d, x), g) in values {
+                        *d = a * g + bb * (x - m) + cc;
+                    }
+                }
             }
         });
+    }
+}
+
+/// Adds `Σg` and `Σg·(x − m)` over one plane to per-lane accumulators, `g` being `dy` where
+/// `keep(i)` and 0 elsewhere; value `i` goes to lane `i mod LANES`.
+#[inline(always)]
+fn lane_sums(
+    x: &[f32],
+    dy: &[f32],
+    keep: impl Fn(usize) -> bool,
+    m: f64,
+    s1: &mut [f64; LANES],
+    s2: &mut [f64; LANES],
+) {
+    let full = x.len() / LANES * LANES;
+    for i0 in (0..full).step_by(LANES) {
+        let (xc, dc) = (&x[i0..i0 + LANES], &dy[i0..i0 + LANES]);
+        for l in 0..LANES {
+            let g = if keep(i0 + l) { dc[l] as f64 } else { 0.0 };
+            s1[l] += g;
+            s2[l] += g * (xc[l] as f64 - m);
+        }
+    }
+    for i in full..x.len() {
+        let g = if keep(i) { dy[i] as f64 } else { 0.0 };
+        s1[i - full] += g;
+        s2[i - full] += g * (x[i] as f64 - m);
     }
 }
 
