@@ -7,8 +7,17 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Result, Tensor};
 
 /// Freed buffers, kept for the next request they can hold. Cloning shares the pool.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Pool(Arc<Mutex<Vec<Vec<f32>>>>);
+
+impl std::fmt::Debug for Pool {
+    /// The free buffers' count and size, not their values (megabytes of floats).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let floats: usize = free.iter().map(Vec::capacity).sum();
+        write!(f, "Pool({} free buffers, {floats} floats)", free.len())
+    }
+}
 
 impl Pool {
     /// A buffer for an NCHW map of `dims`, of unspecified content: the smallest free buffer
@@ -127,5 +136,7 @@ mod tests {
         // Nothing fits: a new buffer.
         let c = pool.take([4, 4, 8, 8]);
         assert_eq!(c.len(), 1024);
+        drop(c);
+        assert_eq!(format!("{pool:?}"), "Pool(1 free buffers, 1024 floats)");
     }
 }
