@@ -1,9 +1,11 @@
 //! One optimisation step at a time: forward in training mode, loss, backward, Adam.
 //!
-//! A step is two halves, [`Trainer::compute`] (forward and backward) and [`Trainer::apply`]
-//! (the Adam update), so that a caller can look at the loss and gradients in between: [`crate::Fit`]
-//! refuses a non-finite loss there, and the parity tests compare every gradient with anomalib's.
-//! Both run exactly the code `rd train` runs.
+//! A step is either two halves, [`Trainer::compute`] (forward and backward) and
+//! [`Trainer::apply`] (the Adam update), so that a caller can look at the loss and gradients in
+//! between (the parity tests compare every gradient with anomalib's), or one
+//! [`Trainer::step_checked`], which [`crate::Fit`] runs: the loss is checked before any update,
+//! and on the training engine each parameter is updated as soon as its gradient is complete.
+//! Both give the same numbers, bit for bit, through the same kernels.
 
 use std::collections::HashMap;
 

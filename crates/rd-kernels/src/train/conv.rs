@@ -53,30 +53,28 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], out: &mut [f32]) {
 
 /// [`conv2d_forward`] after its checks.
 fn forward(g: &ConvGeom, x: &[f32], w: &[f32], out: &mut [f32]) {
-    {
-        let (kd, n) = (g.kdim(), g.n());
-        if g.b > 1 && n < BATCH_BELOW_PIXELS {
-            if let Some(wide) = conv2d_wide(x, w, g, &Epilogue::default()) {
-                scatter_planes(&wide, out, (g.b, g.co, n), &Epilogue::default());
-                return;
-            }
+    let (kd, n) = (g.kdim(), g.n());
+    if g.b > 1 && n < BATCH_BELOW_PIXELS {
+        if let Some(wide) = conv2d_wide(x, w, g, &Epilogue::default()) {
+            scatter_planes(&wide, out, (g.b, g.co, n), &Epilogue::default());
+            return;
         }
-        out.fill(0.0);
-        let mut buf = Vec::new();
-        for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
-            let img = &x[bi * g.in_len()..][..g.in_len()];
-            // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
-            let lhs = MatRef::rows(w, kd);
-            let packed = if g.pointwise() {
-                gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
-            } else {
-                gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
-            };
-            if !packed {
-                buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
-                let col = g.col(img, &mut buf);
-                gemm_acc(dst, w, col, g.co, n, kd);
-            }
+    }
+    out.fill(0.0);
+    let mut buf = Vec::new();
+    for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
+        let img = &x[bi * g.in_len()..][..g.in_len()];
+        // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+        let lhs = MatRef::rows(w, kd);
+        let packed = if g.pointwise() {
+            gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+        } else {
+            gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+        };
+        if !packed {
+            buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
+            let col = g.col(img, &mut buf);
+            gemm_acc(dst, w, col, g.co, n, kd);
         }
     }
 }
@@ -283,7 +281,7 @@ fn grad_input_as_conv(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
 }
 
 /// `dX_b = col2im(Wᵀ·dY_b)`, or [`grad_input_direct`] or [`grad_input_as_conv`] where they are
-/// faster.
+/// faster: what is left for the first is strided convolutions on maps of 8×8 and up.
 fn grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (kd, n, co) = (g.kdim(), g.n(), g.co);
     if n < DIRECT_DX_BELOW_PIXELS && grad_input_direct(g, w, dy, dx) {
@@ -294,33 +292,28 @@ fn grad_input(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     }
     // Wᵀ (kd × co) read in place by the AVX-512 GEMM: element (i, p) is w[p·kd + i].
     let wt_view = MatRef::transposed(w, kd);
+    dx.fill(0.0);
     if g.b > 1 && n < BATCH_BELOW_PIXELS && grad_input_batched(g, wt_view, dy, dx) {
         return;
     }
     let mut wt = None;
-    if !g.pointwise() {
-        dx.fill(0.0);
-    }
-    let mut dcol = Scratch::take(if g.pointwise() { 0 } else { kd * n });
+    let mut dcol = Scratch::take(kd * n);
     for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
         let dyb = &dy[bi * co * n..][..co * n];
-        let target: &mut [f32] = if g.pointwise() { dxb } else { &mut dcol };
-        // Overwrites the target (no zeroing pass).
+        // Overwrites `dcol` (no zeroing pass).
         let rhs = Dense { data: dyb, n };
-        if !gemm::try_fused(target, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
+        if !gemm::try_fused(&mut dcol, wt_view, &rhs, (kd, n, co), &Epilogue::default()) {
             let wt = wt.get_or_insert_with(|| transpose_scratch(w, co, kd));
-            target.fill(0.0);
-            gemm_acc(target, wt, dyb, kd, n, co);
+            dcol.fill(0.0);
+            gemm_acc(&mut dcol, wt, dyb, kd, n, co);
         }
-        if !g.pointwise() {
-            g.col2im(&dcol, dxb);
-        }
+        g.col2im(&dcol, dxb);
     }
 }
 
 /// [`grad_input`] as one GEMM over the batch (the images' `dY` side by side), for small maps
-/// where one GEMM per image would stream `W` once per image. Each value sums in the same order
-/// as per image. `false` (nothing written) without AVX-512.
+/// where one GEMM per image would stream `W` once per image; `dx` must be zeroed. Each value
+/// sums in the same order as per image. `false` (nothing written) without AVX-512.
 fn grad_input_batched(g: &ConvGeom, wt: MatRef, dy: &[f32], dx: &mut [f32]) -> bool {
     let (kd, n, b) = (g.kdim(), g.n(), g.b);
     let images: Vec<Dense> = dy
@@ -332,13 +325,8 @@ fn grad_input_batched(g: &ConvGeom, wt: MatRef, dy: &[f32], dx: &mut [f32]) -> b
     if !gemm::try_fused(&mut wide, wt, &rhs, (kd, b * n, g.co), &Epilogue::default()) {
         return false;
     }
-    if g.pointwise() {
-        scatter_planes(&wide, dx, (b, kd, n), &Epilogue::default());
-    } else {
-        dx.fill(0.0);
-        for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
-            g.col2im_columns(&wide, b * n, bi * n, dxb);
-        }
+    for (bi, dxb) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+        g.col2im_columns(&wide, b * n, bi * n, dxb);
     }
     true
 }
