@@ -183,11 +183,215 @@ fn run(
     true
 }
 
+/// `dst[t] = src[x0 + t·stride]` where that index lies inside `src`, else 0, for every
+/// `t < dst.len()`: one im2col segment (part of an input row, shifted, strided and zero-padded
+/// at both ends). Masked vector loads for strides 1 and 2 on AVX-512: a segment of 4–32 values
+/// costs a few instructions, where a `memcpy` and a `memset` call each cost more than the copy.
+pub(crate) fn gather_segment(dst: &mut [f32], src: &[f32], x0: isize, stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if (stride == 1 || stride == 2) && available() {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { imp::gather_segment(dst, src, x0, stride) };
+    }
+    for (t, d) in dst.iter_mut().enumerate() {
+        let ix = x0 + (t * stride) as isize;
+        *d = if ix >= 0 && (ix as usize) < src.len() {
+            src[ix as usize]
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Packs rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` of an image's im2col matrix into `panel`
+/// as [`RhsSource::pack_panel`] does, for strides 1 and 2 and kernels up to 7 wide: the panel's
+/// columns are cut once into runs of at most 16 output pixels within one output row, with the
+/// masks of every kernel column decided up front, so each (row, run) costs one or two masked
+/// loads and a masked store. Returns `false` (nothing written) for other geometries or without
+/// AVX-512F.
+pub(crate) fn pack_im2col(
+    src: &super::Im2col,
+    p0: usize,
+    kc: usize,
+    (j0, w): (usize, usize),
+    panel: &mut [f32],
+) -> bool {
+    let (h, wi) = src.hw;
+    let k = src.kernel;
+    let taps = (k * k).max(1);
+    let channels = src.img.len() / (h * wi).max(1);
+    if !(1..=2).contains(&src.stride) || k == 0 || k > MAX_KERNEL || w == 0 || w > NR {
+        return false;
+    }
+    assert!(
+        (p0 + kc).div_ceil(taps) <= channels && panel.len() >= (kc.max(1) - 1) * NR + w,
+        "pack_im2col: rows {p0}..{} outside {channels} channels or panel too short",
+        p0 + kc
+    );
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F (checked just above); the assert bounds the rows read
+        // and written, and the stride and kernel were checked above.
+        unsafe { imp::pack_im2col(src, p0, kc, (j0, w), panel) };
+        return true;
+    }
+    false
+}
+
+/// Widest kernel [`pack_im2col`] handles (the ResNet stem's 7×7).
+const MAX_KERNEL: usize = 7;
+
+/// Zeroes a short `dst` (an im2col segment past the image, a panel row's padding) without a
+/// `memset` call.
+pub(crate) fn zero_segment(dst: &mut [f32]) {
+    gather_segment(dst, &[], 0, 1)
+}
+
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// Up to 16 consecutive output pixels of one output row within a panel row.
+    #[derive(Clone, Copy, Default)]
+    struct Run {
+        /// Offset in the panel row.
+        off: usize,
+        /// Output row and first output column.
+        oy: usize,
+        /// Lanes stored.
+        store: __mmask16,
+    }
+
+    /// See [`super::pack_im2col`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; the stride is 1 or 2 and the kernel 1..=[`MAX_KERNEL`];
+    /// `w ≤ NR`; rows `p0 .. p0 + kc` lie within the image's channels and `panel` holds
+    /// `(kc − 1)·NR + w` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_im2col(
+        src: &crate::gemm::Im2col,
+        p0: usize,
+        kc: usize,
+        (j0, w): (usize, usize),
+        panel: &mut [f32],
+    ) {
+        let (h, wi) = src.hw;
+        let (k, s, pad) = (src.kernel, src.stride, src.pad as isize);
+        // The runs, and per run and kernel column the source offset and load masks.
+        let mut runs = [Run::default(); NR];
+        let mut loads = [[(0isize, 0 as __mmask16, 0 as __mmask16); MAX_KERNEL]; NR];
+        let mut n_runs = 0;
+        let mut off = 0;
+        while off < w {
+            let q = j0 + off;
+            let (oy, ox) = (q / src.wo, q % src.wo);
+            let count = (src.wo - ox).min(w - off).min(16);
+            runs[n_runs] = Run {
+                off,
+                oy,
+                store: lanes(0, count as isize),
+            };
+            for (kx, load) in loads[n_runs][..k].iter_mut().enumerate() {
+                let x0 = (ox * s + kx) as isize - pad;
+                let span = (count * s) as isize;
+                let ma = lanes(-x0, wi as isize - x0) & lanes(0, span);
+                let mb = lanes(-x0 - 16, wi as isize - x0 - 16) & lanes(0, span - 16);
+                *load = (x0, ma, mb);
+            }
+            n_runs += 1;
+            off += count;
+        }
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let img = src.img.as_ptr();
+        let dst = panel.as_mut_ptr();
+        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
+        for p in 0..kc {
+            for (run, load) in runs[..n_runs].iter().zip(&loads[..n_runs]) {
+                let iy = (run.oy * s + ky) as isize - pad;
+                let (x0, ma, mb) = load[kx];
+                let v = if iy < 0 || iy >= h as isize {
+                    _mm512_setzero_ps()
+                } else {
+                    // The row iy of plane c; lanes outside it are masked off.
+                    let at = img
+                        .wrapping_add((c * h + iy as usize) * wi)
+                        .wrapping_offset(x0);
+                    // SAFETY: the masks keep every lane read at 0 ≤ x0 + lane < wi, inside row
+                    // iy (< h) of channel c (within the image: the caller's contract); masked-off
+                    // lanes are not read.
+                    unsafe {
+                        let a = _mm512_maskz_loadu_ps(ma, at);
+                        if s == 1 {
+                            a
+                        } else {
+                            let b = _mm512_maskz_loadu_ps(mb, at.wrapping_add(16));
+                            _mm512_permutex2var_ps(a, evens, b)
+                        }
+                    }
+                };
+                // SAFETY: row p < kc of the panel holds NR floats (w for the last, and the run
+                // ends within w); the store mask keeps the run's lanes only.
+                unsafe { _mm512_mask_storeu_ps(dst.add(p * NR + run.off), run.store, v) };
+            }
+            kx += 1;
+            if kx == k {
+                kx = 0;
+                ky += 1;
+                if ky == k {
+                    ky = 0;
+                    c += 1;
+                }
+            }
+        }
+    }
+
+    /// The lanes `lo ..< hi` of 16, clamped to the vector.
+    fn lanes(lo: isize, hi: isize) -> __mmask16 {
+        let lo = lo.clamp(0, 16);
+        let hi = hi.clamp(lo, 16);
+        (((1u32 << hi) - 1) ^ ((1u32 << lo) - 1)) as __mmask16
+    }
+
+    /// [`super::gather_segment`] for strides 1 and 2 with masked loads: source lanes outside
+    /// `src` are masked off (not read, no fault) and come back as 0.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; `stride` is 1 or 2.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_segment(dst: &mut [f32], src: &[f32], x0: isize, stride: usize) {
+        let len = src.len() as isize;
+        let at = |i: isize| src.as_ptr().wrapping_offset(i);
+        // Even lanes of a ‖ b: the stride-2 samples of 32 consecutive values.
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for t0 in (0..dst.len()).step_by(16) {
+            let count = (dst.len() - t0).min(16) as isize;
+            let s0 = x0 + (t0 * stride) as isize;
+            // SAFETY: every lane a mask lets through lies inside `src` (lanes(−s, len − s) keeps
+            // 0 ≤ s + lane < len) or, for the store, inside `dst` (t0 + lane < dst.len());
+            // masked-off lanes are neither read nor written, so the wrapped pointers may point
+            // anywhere.
+            let v = unsafe {
+                if stride == 1 {
+                    let m = lanes(-s0, len - s0) & lanes(0, count);
+                    _mm512_maskz_loadu_ps(m, at(s0))
+                } else {
+                    let s1 = s0 + 16;
+                    let ma = lanes(-s0, len - s0) & lanes(0, 2 * count);
+                    let mb = lanes(-s1, len - s1) & lanes(0, 2 * count - 16);
+                    let a = _mm512_maskz_loadu_ps(ma, at(s0));
+                    let b = _mm512_maskz_loadu_ps(mb, at(s1));
+                    _mm512_permutex2var_ps(a, evens, b)
+                }
+            };
+            // SAFETY: as above, the store mask keeps t0 + lane < dst.len().
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(t0), lanes(0, count), v) };
+        }
+    }
 
     /// The output shared by the tasks (each writes a disjoint set of tiles) and how tiles are
     /// stored.
@@ -317,7 +521,7 @@ mod imp {
                 if w < NR {
                     panel
                         .chunks_exact_mut(NR)
-                        .for_each(|row| row[w..].fill(0.0));
+                        .for_each(|row| super::zero_segment(&mut row[w..]));
                 }
             };
             if par {
@@ -386,7 +590,7 @@ mod imp {
                         if w < NR {
                             panel
                                 .chunks_exact_mut(NR)
-                                .for_each(|row| row[w..].fill(0.0));
+                                .for_each(|row| super::zero_segment(&mut row[w..]));
                         }
                     }
                     for (jp, j0) in (j_lo..j_hi).step_by(NR).enumerate() {

@@ -1,6 +1,7 @@
 //! Right-hand sides that the GEMM's packing pass reads piecewise: a dense matrix, or the im2col
 //! matrix of an image read straight from the image (no im2col buffer).
 
+use super::avx512::{gather_segment, pack_im2col, zero_segment};
 use super::NR;
 
 /// The right-hand side of a GEMM as a k × n matrix that the packing pass reads piecewise, so a
@@ -24,7 +25,8 @@ pub struct Dense<'a> {
 impl RhsSource for Dense<'_> {
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
         for p in 0..kc {
-            panel[p * NR..][..w].copy_from_slice(&self.data[(p0 + p) * self.n + j0..][..w]);
+            let src = &self.data[(p0 + p) * self.n + j0..][..w];
+            gather_segment(&mut panel[p * NR..][..w], src, 0, 1);
         }
     }
 }
@@ -60,48 +62,19 @@ impl Im2col<'_> {
         let (s, pad) = (self.stride as isize, self.pad as isize);
         let iy = oy as isize * s + ky as isize - pad;
         if iy < 0 || iy >= h as isize {
-            seg.fill(0.0);
-            return;
+            return zero_segment(seg);
         }
         let row = &plane[iy as usize * w..][..w];
-        let len = seg.len() as isize;
         let x0 = ox as isize * s + kx as isize - pad;
-        if s == 1 {
-            // ix = x0 + t: a shifted copy with zeros past the borders.
-            if x0 >= 0 && x0 + len <= w as isize {
-                let x0 = x0 as usize;
-                match <&mut [f32; NR]>::try_from(&mut *seg) {
-                    Ok(full) => full.copy_from_slice(&row[x0..x0 + NR]),
-                    Err(_) => seg.copy_from_slice(&row[x0..x0 + seg.len()]),
-                }
-                return;
-            }
-            let lo = (-x0).clamp(0, len) as usize;
-            let hi = (w as isize - x0).clamp(lo as isize, len) as usize;
-            seg[..lo].fill(0.0);
-            let start = (x0 + lo as isize) as usize;
-            seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
-            seg[hi..].fill(0.0);
-        } else if x0 >= 0 && x0 + (len - 1) * s < w as isize {
-            let (x0, s) = (x0 as usize, s as usize);
-            for (t, d) in seg.iter_mut().enumerate() {
-                *d = row[x0 + t * s];
-            }
-        } else {
-            for (t, d) in seg.iter_mut().enumerate() {
-                let ix = x0 + t as isize * s;
-                *d = if ix < 0 || ix >= w as isize {
-                    0.0
-                } else {
-                    row[ix as usize]
-                };
-            }
-        }
+        gather_segment(seg, row, x0, self.stride);
     }
 }
 
 impl RhsSource for Im2col<'_> {
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        if pack_im2col(self, p0, kc, (j0, w), panel) {
+            return;
+        }
         let (h, wi) = self.hw;
         // The panel's columns as runs within output rows: (oy, ox, length, offset).
         let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];

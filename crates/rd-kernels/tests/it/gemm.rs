@@ -126,6 +126,8 @@ fn im2col_source_matches_the_definition() {
         (2, 4, 5, 1, 2, 0),
         (1, 40, 40, 3, 1, 1),
         (1, 70, 70, 3, 2, 1),
+        (2, 9, 9, 3, 3, 1),
+        (1, 3, 3, 3, 1, 1),
     ] {
         let mut img = vec![0f32; c * h * w];
         fill(&mut img, (c * h * w) as u64);
@@ -162,6 +164,10 @@ fn im2col_source_matches_the_definition() {
                         got[..len],
                         want[j0..j0 + len],
                         "row {p} from {j0}, {len} long"
+                    );
+                    assert!(
+                        got[len..].iter().all(|v| v.is_nan()),
+                        "row {p} from {j0}, {len} long: wrote past its columns"
                     );
                 }
             }
