@@ -4,7 +4,7 @@
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use crate::gemm::Im2col;
+use crate::gemm::{gather_segment, zero_segment, Im2col};
 
 /// The sizes of one convolution `x (b, ci, h, w) ∗ w (co, ci, k, k)` with zero padding `pad`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,31 +131,11 @@ impl ConvGeom {
                     let dst = &mut row[oy * wo..(oy + 1) * wo];
                     let iy = (oy * stride + ky) as isize - pad as isize;
                     if iy < 0 || iy >= h as isize {
-                        dst.fill(0.0);
+                        zero_segment(dst);
                         continue;
                     }
                     let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    if stride == 1 {
-                        // ix = ox + kx − pad: a shifted copy with zeros at the borders.
-                        let shift = kx as isize - pad as isize;
-                        let lo = (-shift).clamp(0, wo as isize) as usize;
-                        let hi = ((w as isize - shift).clamp(0, wo as isize)) as usize;
-                        dst[..lo].fill(0.0);
-                        if hi > lo {
-                            let s0 = (lo as isize + shift) as usize;
-                            dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                        }
-                        dst[hi.max(lo)..].fill(0.0);
-                    } else {
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            *d = if ix < 0 || ix >= w as isize {
-                                0.0
-                            } else {
-                                src[ix as usize]
-                            };
-                        }
-                    }
+                    gather_segment(dst, src, kx as isize - pad as isize, stride);
                 }
             });
     }

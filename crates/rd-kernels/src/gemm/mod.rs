@@ -6,6 +6,7 @@ mod avx512;
 mod pack;
 
 pub use avx512::{available as avx512_available, try_acc, try_acc_from, try_fused, NR};
+pub(crate) use avx512::{gather_segment, zero_segment};
 pub use pack::{Batch, Dense, Im2col, Im2colRows, RhsSource};
 
 use std::sync::atomic::{AtomicU64, Ordering};
