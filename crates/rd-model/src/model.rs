@@ -219,6 +219,10 @@ impl ReverseDistillation {
     /// wide_resnet50_2 layer at batch 8, 256²) would not; small ones go as a batch, whose
     /// small-map layers then share one GEMM (see [`rd_kernels::per_image`]).
     pub fn anomaly_maps(&self, x: &Tensor) -> Result<AnomalyMaps> {
+        rd_kernels::on_pool(|| self.anomaly_maps_here(x))
+    }
+
+    fn anomaly_maps_here(&self, x: &Tensor) -> Result<AnomalyMaps> {
         let b = x.dim(0)?;
         if rd_kernels::per_image(x) {
             let parts = (0..b)

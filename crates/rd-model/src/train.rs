@@ -221,7 +221,7 @@ impl Trainer {
     pub fn step_checked(
         &mut self,
         x: &Tensor,
-        check: &mut dyn FnMut(&Loss) -> Result<()>,
+        check: &mut (dyn FnMut(&Loss) -> Result<()> + Send),
     ) -> Result<Loss> {
         if !Engine::supports(x) {
             let state = self.compute(x)?;
@@ -229,13 +229,15 @@ impl Trainer {
             self.apply(&state)?;
             return Ok(state.loss);
         }
-        let f = self.engine_forward(x, &mut |_| {})?;
-        check(&f.loss)?;
-        let adam = &mut self.adam;
-        let mut sink = |param: &Tensor, grad: Tensor| adam.update(param, &grad);
-        self.engine
-            .backward(self.model.student(), f.pass, f.d, &mut sink)?;
-        Ok(f.loss)
+        rd_kernels::on_pool(|| {
+            let f = self.engine_forward(x, &mut |_| {})?;
+            check(&f.loss)?;
+            let adam = &mut self.adam;
+            let mut sink = |param: &Tensor, grad: Tensor| adam.update(param, &grad);
+            self.engine
+                .backward(self.model.student(), f.pass, f.d, &mut sink)?;
+            Ok(f.loss)
+        })
     }
 
     /// [`Trainer::compute`] through Candle's autograd whatever the device: the reference the
