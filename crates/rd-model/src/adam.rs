@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Tensor, TensorId, Var};
+use candle_core::{
+    CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, TensorId, Var,
+};
 use rayon::prelude::*;
 
 use crate::Gradients;
@@ -117,23 +119,55 @@ impl Adam {
         self.update_at(i, grad)
     }
 
-    fn update_at(&mut self, i: usize, g: &Tensor) -> Result<()> {
-        let c = self.config;
-        let (var, state) = (&self.params[i].1, &mut self.state[i]);
-        let p = var.as_tensor().detach();
-        let mut g = g.detach();
-        let s = match state {
+    /// [`Adam::update`] from a gradient in an f32 slice laid out like `param` (the training
+    /// engine's, which lives in its recycled buffers): no tensor is made of it on the CPU.
+    pub fn update_from_slice(&mut self, param: &Tensor, grad: &[f32]) -> Result<()> {
+        let Some(&i) = self.index.get(&param.id()) else {
+            candle_core::bail!("Adam: a gradient for a tensor that is not one of its parameters")
+        };
+        let p = self.params[i].1.as_tensor();
+        if grad.len() != p.elem_count() {
+            candle_core::bail!(
+                "Adam: a gradient of {} values for a parameter of {}",
+                grad.len(),
+                p.elem_count()
+            )
+        }
+        let (p, c) = (p.detach(), self.config);
+        let s = self.moments(i)?;
+        if [&p, &s.m, &s.v]
+            .iter()
+            .all(|t| rd_kernels::enabled(t) && t.is_contiguous())
+        {
+            s.step += 1;
+            return step_fused(&c, &p, grad, s);
+        }
+        let g = Tensor::from_slice(grad, p.shape(), p.device())?;
+        self.update_at(i, &g)
+    }
+
+    /// Parameter `i`'s moments, zero before its first update.
+    fn moments(&mut self, i: usize) -> Result<&mut Moments> {
+        let p = self.params[i].1.as_tensor();
+        Ok(match &mut self.state[i] {
             Some(s) => s,
-            None => state.insert(Moments {
+            state => state.insert(Moments {
                 m: p.zeros_like()?,
                 v: p.zeros_like()?,
                 step: 0,
             }),
-        };
+        })
+    }
+
+    fn update_at(&mut self, i: usize, g: &Tensor) -> Result<()> {
+        let c = self.config;
+        let p = self.params[i].1.as_tensor().detach();
+        let mut g = g.detach();
+        let s = self.moments(i)?;
         s.step += 1;
         if fused_ok(&p, &g, s) {
             // The fused pass adds the weight decay itself.
-            return step_fused(&c, &p, &g, s);
+            return rd_kernels::with_f32(&g, "adam", |gv| step_fused(&c, &p, gv, s))?;
         }
         if c.weight_decay != 0.0 {
             g = (g + (&p * c.weight_decay)?)?;
@@ -144,7 +178,7 @@ impl Adam {
         let bias2_sqrt = (1.0 - c.beta2.powi(s.step as i32)).sqrt();
         let denom = ((s.v.sqrt()? / bias2_sqrt)? + c.eps)?;
         let update = ((&s.m / denom)? * (c.lr / bias1))?;
-        var.set(&(p - update)?)
+        self.params[i].1.set(&(p - update)?)
     }
 
     /// The state as named tensors: `adam.m.<param>`, `adam.v.<param>`, `adam.step.<param>`.
@@ -215,7 +249,7 @@ struct Coefs {
 /// (moments, then the parameter) instead of the dozen full-size temporaries that sequence
 /// allocates: no allocation, no page faults, and each array is read or written as few times as
 /// one output buffer per pass allows.
-fn step_fused(c: &AdamConfig, p: &Tensor, g: &Tensor, s: &mut Moments) -> Result<()> {
+fn step_fused(c: &AdamConfig, p: &Tensor, g: &[f32], s: &mut Moments) -> Result<()> {
     let k = Coefs {
         b1: c.beta1 as f32,
         one_minus_b1: (1.0 - c.beta1) as f32,
@@ -226,52 +260,89 @@ fn step_fused(c: &AdamConfig, p: &Tensor, g: &Tensor, s: &mut Moments) -> Result
         lr_over_bias1: (c.lr / (1.0 - c.beta1.powi(s.step as i32))) as f32,
         weight_decay: (c.weight_decay != 0.0).then_some(c.weight_decay as f32),
     };
-    s.m.inplace_op3(
-        g,
+    s.m.inplace_op2(
         p,
-        &Pass {
+        &MomentPass {
             k: &k,
-            part: Part::M,
+            g,
+            second: false,
         },
     )?;
-    s.v.inplace_op3(
-        g,
+    s.v.inplace_op2(
         p,
-        &Pass {
+        &MomentPass {
             k: &k,
-            part: Part::V,
+            g,
+            second: true,
         },
     )?;
     // `p` shares the variable's storage: updating it in place updates the variable.
-    p.inplace_op3(
-        &s.m,
-        &s.v,
-        &Pass {
-            k: &k,
-            part: Part::P,
-        },
-    )
+    p.inplace_op3(&s.m, &s.v, &ParamPass { k: &k })
 }
 
-/// Which array an in-place pass of [`step_fused`] writes.
-#[derive(Clone, Copy)]
-enum Part {
-    /// The first moment, from the gradient (and the parameter, for weight decay).
-    M,
-    /// The second moment, likewise.
-    V,
-    /// The parameter, from the updated moments.
-    P,
+/// The f32 slice of a contiguous CPU storage.
+fn slice<'a>(st: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (st, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("adam: expected contiguous f32 CPU tensors"),
+    }
 }
 
-/// One in-place pass of [`step_fused`]; its two sources are `(g, p)` for [`Part::M`] and
-/// [`Part::V`], `(m, v)` for [`Part::P`].
-struct Pass<'a> {
+/// The same for a storage written in place.
+fn slice_mut<'a>(st: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    match (st, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adam: expected contiguous f32 CPU tensors"),
+    }
+}
+
+/// Elements per parallel task of the in-place passes.
+const CHUNK: usize = 1 << 14;
+
+/// The in-place pass of [`step_fused`] over one moment (the first, or with `second` the second),
+/// from the gradient `g` and the parameter (its source, for the weight decay).
+struct MomentPass<'a> {
     k: &'a Coefs,
-    part: Part,
+    g: &'a [f32],
+    second: bool,
 }
 
-impl InplaceOp3 for Pass<'_> {
+impl InplaceOp2 for MomentPass<'_> {
+    fn name(&self) -> &'static str {
+        "rd-adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        p: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<()> {
+        let (d, p, g) = (slice_mut(dst, dl)?, slice(p, pl)?, self.g);
+        if p.len() != d.len() || g.len() != d.len() {
+            candle_core::bail!("adam: parameter, gradient and moments differ in size");
+        }
+        let k = self.k;
+        d.par_chunks_mut(CHUNK).enumerate().for_each(|(c, d)| {
+            let (g, p) = (&g[c * CHUNK..][..d.len()], &p[c * CHUNK..][..d.len()]);
+            let gp = g.iter().zip(p).map(|(&g, &p)| decayed(k, g, p));
+            if self.second {
+                d.iter_mut().zip(gp).for_each(|(v, g)| *v = new_v(k, *v, g));
+            } else {
+                d.iter_mut().zip(gp).for_each(|(m, g)| *m = new_m(k, *m, g));
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The last in-place pass of [`step_fused`]: the parameter from the updated moments.
+struct ParamPass<'a> {
+    k: &'a Coefs,
+}
+
+impl InplaceOp3 for ParamPass<'_> {
     fn name(&self) -> &'static str {
         "rd-adam"
     }
@@ -280,42 +351,21 @@ impl InplaceOp3 for Pass<'_> {
         &self,
         dst: &mut CpuStorage,
         dst_l: &Layout,
-        a: &CpuStorage,
-        al: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
     ) -> Result<()> {
-        let slice = |st: &CpuStorage, l: &Layout| -> Result<(usize, usize)> {
-            match (st, l.contiguous_offsets()) {
-                (CpuStorage::F32(_), Some(r)) => Ok(r),
-                _ => candle_core::bail!("adam: expected contiguous f32 CPU tensors"),
-            }
-        };
-        let (d0, d1) = slice(dst, dst_l)?;
-        let (a0, a1) = slice(a, al)?;
-        let (b0, b1) = slice(b, bl)?;
-        let (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(d)) = (a, b, dst) else {
-            unreachable!("checked above");
-        };
-        let (a, b, d) = (&a[a0..a1], &b[b0..b1], &mut d[d0..d1]);
-        if a.len() != d.len() || b.len() != d.len() {
+        let (d, m, v) = (slice_mut(dst, dst_l)?, slice(m, ml)?, slice(v, vl)?);
+        if m.len() != d.len() || v.len() != d.len() {
             candle_core::bail!("adam: parameter, gradient and moments differ in size");
         }
-        const CHUNK: usize = 1 << 14;
         let k = self.k;
         d.par_chunks_mut(CHUNK).enumerate().for_each(|(c, d)| {
-            let (a, b) = (&a[c * CHUNK..][..d.len()], &b[c * CHUNK..][..d.len()]);
-            match self.part {
-                Part::M => d.iter_mut().zip(a.iter().zip(b)).for_each(|(m, (&g, &p))| {
-                    *m = new_m(k, *m, decayed(k, g, p));
-                }),
-                Part::V => d.iter_mut().zip(a.iter().zip(b)).for_each(|(v, (&g, &p))| {
-                    *v = new_v(k, *v, decayed(k, g, p));
-                }),
-                Part::P => d.iter_mut().zip(a.iter().zip(b)).for_each(|(p, (&m, &v))| {
-                    *p = new_p(k, *p, m, v);
-                }),
-            }
+            let (m, v) = (&m[c * CHUNK..][..d.len()], &v[c * CHUNK..][..d.len()]);
+            d.iter_mut()
+                .zip(m.iter().zip(v))
+                .for_each(|(p, (&m, &v))| *p = new_p(k, *p, m, v));
         });
         Ok(())
     }
@@ -447,6 +497,39 @@ mod tests {
             assert_ne!(fused, init);
             assert_eq!(fused, reference, "weight decay {weight_decay}");
         }
+    }
+
+    /// A gradient handed over as a slice updates exactly as the same gradient as a tensor,
+    /// and one of the wrong size is refused with the parameter untouched.
+    #[test]
+    fn update_from_slice_equals_update() {
+        let dev = Device::Cpu;
+        let init: Vec<f32> = (0..5_000).map(|i| (i % 97) as f32 * 1e-2 - 0.4).collect();
+        let grads: Vec<Vec<f32>> = (0..3)
+            .map(|s| init.iter().map(|v| v * (s as f32 + 0.5) - 0.1).collect())
+            .collect();
+        let config = AdamConfig {
+            weight_decay: 0.01,
+            ..AdamConfig::anomalib()
+        };
+        let run = |slices: bool| {
+            let p = Var::from_vec(init.clone(), (50, 100), &dev).unwrap();
+            let mut adam = Adam::new(vec![("p".into(), p.clone())], config);
+            for g in &grads {
+                if slices {
+                    adam.update_from_slice(p.as_tensor(), g).unwrap();
+                } else {
+                    let g = Tensor::from_slice(g, (50, 100), &dev).unwrap();
+                    adam.update(p.as_tensor(), &g).unwrap();
+                }
+            }
+            let short = adam.update_from_slice(p.as_tensor(), &grads[0][1..]);
+            assert!(short.unwrap_err().to_string().contains("4999 values"));
+            p.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let from_slices = run(true);
+        assert_ne!(from_slices, init);
+        assert_eq!(from_slices, run(false));
     }
 
     #[test]

@@ -173,8 +173,11 @@ impl Trainer {
         let [c, b, a] = f.pass.features.each_ref().map(|s| s.to_tensor());
         let features = FeatureMaps([c?, b?, a?]);
         let mut grads = Gradients::default();
-        let mut sink = |param: &Tensor, grad: Tensor| {
-            grads.insert(param, grad);
+        let mut sink = |param: &Tensor, grad: &[f32]| {
+            grads.insert(
+                param,
+                Tensor::from_slice(grad, param.shape(), param.device())?,
+            );
             Ok(())
         };
         self.engine.backward(student, f.pass, f.d, &mut sink)?;
@@ -233,7 +236,7 @@ impl Trainer {
             let f = self.engine_forward(x, &mut |_| {})?;
             check(&f.loss)?;
             let adam = &mut self.adam;
-            let mut sink = |param: &Tensor, grad: Tensor| adam.update(param, &grad);
+            let mut sink = |param: &Tensor, grad: &[f32]| adam.update_from_slice(param, grad);
             self.engine
                 .backward(self.model.student(), f.pass, f.d, &mut sink)?;
             Ok(f.loss)

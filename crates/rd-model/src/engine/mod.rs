@@ -37,7 +37,7 @@ use stage::{blocks_backward, blocks_forward, Block, BlockTape, Stage, StageTape}
 /// Where the backward pass hands each parameter's gradient, as soon as it is complete: a
 /// [`crate::Gradients`] collecting them, or the optimiser updating the parameter at once (the
 /// parameter is not read again in that backward pass).
-pub(crate) type GradSink<'a> = dyn FnMut(&Tensor, Tensor) -> Result<()> + 'a;
+pub(crate) type GradSink<'a> = dyn FnMut(&Tensor, &[f32]) -> Result<()> + 'a;
 
 /// The explicit training engine; holds the buffers it reuses from step to step.
 #[derive(Debug, Default)]

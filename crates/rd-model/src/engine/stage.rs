@@ -186,11 +186,17 @@ impl<'a> Stage<'a> {
             train::batch_norm_backward(&z, mask, &dy, z.nchw(), stats, gamma, Some(&mut dz))
         })?;
         drop(relu_out);
-        sink(self.bn.weight(), vector(dgamma)?)?;
-        sink(self.bn.bias(), vector(dbeta)?)?;
+        sink(self.bn.weight(), &dgamma)?;
+        sink(self.bn.bias(), &dbeta)?;
         let w = self.linear.weight();
         let mut dx = need_dx.then(|| pool.take(x.dims()));
-        let mut dw = vec![0f32; w.elem_count()];
+        let &[a, b, c, d] = w.dims() else {
+            bail!("engine: a weight of {:?}, not 4-d", w.dims())
+        };
+        // From the pool like the activations: a fresh array per layer, tens of MiB for the
+        // largest, would sit in the allocator's free lists at the memory peak. The kernels
+        // overwrite it.
+        let mut dw = pool.take([a, b, c, d]);
         let geom = self.linear.geom(x.dims())?;
         with_f32(w, "engine", |wv| match geom {
             Geom::Conv(g) => {
@@ -204,15 +210,9 @@ impl<'a> Stage<'a> {
                 train::deconv2x2_backward(&g, &x, wv, &dz, dx, Some(&mut dw));
             }
         })?;
-        sink(w, Tensor::from_vec(dw, w.shape(), w.device())?)?;
+        sink(w, &dw)?;
         Ok((dx, joined.then_some(dy)))
     }
-}
-
-/// A vector of per-channel gradients as a tensor.
-fn vector(v: Vec<f32>) -> Result<Tensor> {
-    let n = v.len();
-    Tensor::from_vec(v, n, &candle_core::Device::Cpu)
 }
 
 /// Zeroes `g` where the ReLU output `y` is not positive (the ReLU's backward pass).
