@@ -525,7 +525,11 @@ mod tests {
             }
             let short = adam.update_from_slice(p.as_tensor(), &grads[0][1..]);
             assert!(short.unwrap_err().to_string().contains("4999 values"));
-            p.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            p.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let from_slices = run(true);
         assert_ne!(from_slices, init);
