@@ -219,7 +219,11 @@ impl ReverseDistillation {
     /// wide_resnet50_2 layer at batch 8, 256²) would not; small ones go as a batch, whose
     /// small-map layers then share one GEMM (see [`rd_kernels::per_image`]).
     pub fn anomaly_maps(&self, x: &Tensor) -> Result<AnomalyMaps> {
-        rd_kernels::on_pool(|| self.anomaly_maps_here(x))
+        // Only the CPU kernels use the pool; a GPU model stays on the caller's thread.
+        if rd_kernels::enabled(x) {
+            return rd_kernels::on_pool(|| self.anomaly_maps_here(x));
+        }
+        self.anomaly_maps_here(x)
     }
 
     fn anomaly_maps_here(&self, x: &Tensor) -> Result<AnomalyMaps> {
