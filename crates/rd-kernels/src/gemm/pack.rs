@@ -24,6 +24,14 @@ pub struct Dense<'a> {
 
 impl RhsSource for Dense<'_> {
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        if w == NR {
+            // A constant length: an inline copy, where a call would cost more than the copy.
+            for p in 0..kc {
+                let src = &self.data[(p0 + p) * self.n + j0..][..NR];
+                panel[p * NR..][..NR].copy_from_slice(src);
+            }
+            return;
+        }
         for p in 0..kc {
             let src = &self.data[(p0 + p) * self.n + j0..][..w];
             gather_segment(&mut panel[p * NR..][..w], src, 0, 1);
