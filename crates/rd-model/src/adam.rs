@@ -135,10 +135,7 @@ impl Adam {
         }
         let (p, c) = (p.detach(), self.config);
         let s = self.moments(i)?;
-        if [&p, &s.m, &s.v]
-            .iter()
-            .all(|t| rd_kernels::enabled(t) && t.is_contiguous())
-        {
+        if fused_ok(&[&p, &s.m, &s.v]) {
             s.step += 1;
             return step_fused(&c, &p, grad, s);
         }
@@ -165,7 +162,7 @@ impl Adam {
         let mut g = g.detach();
         let s = self.moments(i)?;
         s.step += 1;
-        if fused_ok(&p, &g, s) {
+        if fused_ok(&[&p, &g, &s.m, &s.v]) {
             // The fused pass adds the weight decay itself.
             return rd_kernels::with_f32(&g, "adam", |gv| step_fused(&c, &p, gv, s))?;
         }
@@ -225,9 +222,10 @@ impl Adam {
     }
 }
 
-/// Whether the fused update can run: not in reference mode, contiguous f32 CPU tensors.
-fn fused_ok(p: &Tensor, g: &Tensor, s: &Moments) -> bool {
-    [p, g, &s.m, &s.v]
+/// Whether the fused update can run on `tensors` (parameter, moments, and the gradient when it
+/// is a tensor): not in reference mode, contiguous f32 CPU tensors.
+fn fused_ok(tensors: &[&Tensor]) -> bool {
+    tensors
         .iter()
         .all(|t| rd_kernels::enabled(t) && t.is_contiguous())
 }

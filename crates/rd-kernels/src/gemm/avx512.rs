@@ -264,6 +264,8 @@ mod imp {
         store: __mmask16,
     }
 
+    use crate::gemm::pack::kernel_taps;
+
     /// See [`super::pack_im2col`].
     ///
     /// # Safety
@@ -308,8 +310,7 @@ mod imp {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let img = src.img.as_ptr();
         let dst = panel.as_mut_ptr();
-        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
-        for p in 0..kc {
+        for (p, (c, ky, kx)) in kernel_taps(p0, k).take(kc).enumerate() {
             for (run, load) in runs[..n_runs].iter().zip(&loads[..n_runs]) {
                 let iy = (run.oy * s + ky) as isize - pad;
                 let (x0, ma, mb) = load[kx];
@@ -336,15 +337,6 @@ mod imp {
                 // SAFETY: row p < kc of the panel holds NR floats (w for the last, and the run
                 // ends within w); the store mask keeps the run's lanes only.
                 unsafe { _mm512_mask_storeu_ps(dst.add(p * NR + run.off), run.store, v) };
-            }
-            kx += 1;
-            if kx == k {
-                kx = 0;
-                ky += 1;
-                if ky == k {
-                    ky = 0;
-                    c += 1;
-                }
             }
         }
     }

@@ -96,25 +96,27 @@ impl RhsSource for Im2col<'_> {
             n_runs += 1;
             off += len;
         }
-        let k = self.kernel;
-        let (mut c, mut ky, mut kx) = (p0 / (k * k), (p0 / k) % k, p0 % k);
-        for p in 0..kc {
+        for (p, (c, ky, kx)) in kernel_taps(p0, self.kernel).take(kc).enumerate() {
             let row = &mut panel[p * NR..];
             let plane = &self.img[c * h * wi..][..h * wi];
             for &(oy, ox, len, off) in &runs[..n_runs] {
                 self.segment(plane, (ky, kx), (oy, ox), &mut row[off..off + len]);
             }
-            kx += 1;
-            if kx == k {
-                kx = 0;
-                ky += 1;
-                if ky == k {
-                    ky = 0;
-                    c += 1;
-                }
-            }
         }
     }
+}
+
+/// The im2col rows `(channel, ky, kx)` from row `p0` on, for a `k × k` kernel, in order
+/// (counted up, not divided out per row: the packing loops run once per row of 4–32 values).
+pub(crate) fn kernel_taps(p0: usize, k: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let first = (p0 / (k * k), (p0 / k) % k, p0 % k);
+    std::iter::successors(Some(first), move |&(c, ky, kx)| {
+        Some(match (ky + 1 == k, kx + 1 == k) {
+            (_, false) => (c, ky, kx + 1),
+            (false, true) => (c, ky + 1, 0),
+            (true, true) => (c + 1, 0, 0),
+        })
+    })
 }
 
 /// Several images' matrices side by side, `n` columns each: column `b·n + j` is column `j` of
