@@ -238,6 +238,47 @@ pub(crate) fn pack_im2col(
     false
 }
 
+/// Packs rows `p0 .. p0 + kc`, columns `j0 .. j0 + w` of a batch's transposed im2col matrix
+/// ([`Im2colRows`](super::Im2colRows)) into `panel` as [`RhsSource::pack_panel`] does, for
+/// strides 1 and 2: the rows are cut into runs of at most 16 output pixels within one output row,
+/// each tap's run is one or two masked loads (as in [`pack_im2col`]), and 16 taps × 16 pixels
+/// are transposed in registers into 16 panel rows. Each value costs a fraction of a cycle, where
+/// reading it alone with its bounds checks cost several. Returns `false` (nothing written) for
+/// other strides or without AVX-512F.
+pub(crate) fn pack_im2col_rows(
+    src: &super::Im2colRows,
+    p0: usize,
+    kc: usize,
+    (j0, w): (usize, usize),
+    panel: &mut [f32],
+) -> bool {
+    let (h, wi) = src.hw;
+    let plane = h * wi;
+    if !(1..=2).contains(&src.stride) || src.kernel == 0 || w == 0 || w > NR || plane == 0 {
+        return false;
+    }
+    let images = src.x.len() / src.in_len.max(1);
+    let channels = src.in_len / plane;
+    assert!(
+        p0 + kc <= images * src.n
+            && (j0 + w).div_ceil(src.kernel * src.kernel) <= channels
+            && src.in_len.is_multiple_of(plane)
+            && src.n.div_ceil(src.wo.max(1)) <= h
+            && panel.len() >= (kc.max(1) - 1) * NR + w,
+        "pack_im2col_rows: rows {p0}..{} or columns {j0}..{} outside the batch, or panel too short",
+        p0 + kc,
+        j0 + w
+    );
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F (checked just above); the assert bounds the images,
+        // channels and rows read and the panel written, and the stride was checked above.
+        unsafe { imp::pack_im2col_rows(src, p0, kc, (j0, w), panel) };
+        return true;
+    }
+    false
+}
+
 /// Widest kernel [`pack_im2col`] handles (the ResNet stem's 7×7).
 const MAX_KERNEL: usize = 7;
 
@@ -339,6 +380,108 @@ mod imp {
                 unsafe { _mm512_mask_storeu_ps(dst.add(p * NR + run.off), run.store, v) };
             }
         }
+    }
+
+    /// See [`super::pack_im2col_rows`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; the stride is 1 or 2; `w ≤ NR`; rows `p0 .. p0 + kc` lie
+    /// within the batch, columns `j0 .. j0 + w` within its channels' taps, and `panel` holds
+    /// `(kc − 1)·NR + w` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_im2col_rows(
+        src: &crate::gemm::Im2colRows,
+        p0: usize,
+        kc: usize,
+        (j0, w): (usize, usize),
+        panel: &mut [f32],
+    ) {
+        let (h, wi) = src.hw;
+        let (k, s, pad) = (src.kernel, src.stride, src.pad as isize);
+        // Each column's plane offset and tap offsets, decoded once per panel.
+        let mut taps = [(0usize, 0isize, 0isize); NR];
+        for (t, tap) in taps[..w].iter_mut().enumerate() {
+            let r = j0 + t;
+            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            *tap = (c * h * wi, ky as isize - pad, kx as isize - pad);
+        }
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let dst = panel.as_mut_ptr();
+        let mut row = 0;
+        while row < kc {
+            let (b, q) = ((p0 + row) / src.n, (p0 + row) % src.n);
+            let (oy, ox) = (q / src.wo, q % src.wo);
+            let count = (src.wo - ox).min(kc - row).min(16);
+            let img = src.x.as_ptr().wrapping_add(b * src.in_len);
+            let span = (count * s) as isize;
+            for g0 in (0..w).step_by(16) {
+                let group = (w - g0).min(16);
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (v, &(off, dy, dx)) in v.iter_mut().zip(&taps[g0..g0 + group]) {
+                    let iy = (oy * s) as isize + dy;
+                    if iy < 0 || iy >= h as isize {
+                        continue; // a padding row: zeros
+                    }
+                    let x0 = (ox * s) as isize + dx;
+                    let at = img.wrapping_add(off + iy as usize * wi).wrapping_offset(x0);
+                    let ma = lanes(-x0, wi as isize - x0) & lanes(0, span);
+                    // SAFETY: the masks keep every lane read at 0 ≤ x0 + lane < wi, inside row
+                    // iy (< h) of a channel of image b (the caller's contract); masked-off
+                    // lanes are not read.
+                    *v = unsafe {
+                        let a = _mm512_maskz_loadu_ps(ma, at);
+                        if s == 1 {
+                            a
+                        } else {
+                            let mb = lanes(-x0 - 16, wi as isize - x0 - 16) & lanes(0, span - 16);
+                            let b = _mm512_maskz_loadu_ps(mb, at.wrapping_add(16));
+                            _mm512_permutex2var_ps(a, evens, b)
+                        }
+                    };
+                }
+                let rows = transpose16(v);
+                let keep = lanes(0, group as isize);
+                for (i, r) in rows[..count].iter().enumerate() {
+                    // SAFETY: panel row row + i < kc holds NR floats (w for the last), and
+                    // g0 + lane < w for every lane the mask keeps.
+                    unsafe { _mm512_mask_storeu_ps(dst.add((row + i) * NR + g0), keep, *r) };
+                }
+            }
+            row += count;
+        }
+    }
+
+    /// The 16 × 16 transpose of `r` (row i of the result holds lane i of every input).
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // 4-wide blocks of rows i, i+1: (a0 b0 a1 b1 | …) and (a2 b2 a3 b3 | …) per 128 bits.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in (0..16).step_by(2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        // Four rows' lane j together: (a0 b0 c0 d0 | a4 b4 c4 d4 | a8 … | a12 …).
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in (0..16).step_by(4) {
+            u[i] = _mm512_shuffle_ps::<0x44>(t[i], t[i + 2]);
+            u[i + 1] = _mm512_shuffle_ps::<0xEE>(t[i], t[i + 2]);
+            u[i + 2] = _mm512_shuffle_ps::<0x44>(t[i + 1], t[i + 3]);
+            u[i + 3] = _mm512_shuffle_ps::<0xEE>(t[i + 1], t[i + 3]);
+        }
+        // 128-bit blocks: rows 0–3 with 4–7 (and 8–11 with 12–15), lanes j and j + 8.
+        for i in 0..4 {
+            t[i] = _mm512_shuffle_f32x4::<0x88>(u[i], u[i + 4]);
+            t[i + 4] = _mm512_shuffle_f32x4::<0xDD>(u[i], u[i + 4]);
+            t[i + 8] = _mm512_shuffle_f32x4::<0x88>(u[i + 8], u[i + 12]);
+            t[i + 12] = _mm512_shuffle_f32x4::<0xDD>(u[i + 8], u[i + 12]);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            out[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+            out[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
+        }
+        out
     }
 
     /// The lanes `lo ..< hi` of 16, clamped to the vector.

@@ -1,7 +1,7 @@
 //! Right-hand sides that the GEMM's packing pass reads piecewise: a dense matrix, or the im2col
 //! matrix of an image read straight from the image (no im2col buffer).
 
-use super::avx512::{gather_segment, pack_im2col, zero_segment};
+use super::avx512::{gather_segment, pack_im2col, pack_im2col_rows, zero_segment};
 use super::NR;
 
 /// The right-hand side of a GEMM as a k × n matrix that the packing pass reads piecewise, so a
@@ -168,6 +168,9 @@ pub struct Im2colRows<'a> {
 
 impl RhsSource for Im2colRows<'_> {
     fn pack_panel(&self, p0: usize, kc: usize, j0: usize, w: usize, panel: &mut [f32]) {
+        if pack_im2col_rows(self, p0, kc, (j0, w), panel) {
+            return;
+        }
         let (h, wi) = self.hw;
         let (k, pad) = (self.kernel, self.pad as isize);
         // Each column's plane offset and tap offsets, decoded once per panel.

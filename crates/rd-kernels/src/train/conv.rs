@@ -14,12 +14,14 @@ use crate::Epilogue;
 const DW_MIN_DEPTH: usize = 512;
 
 /// Output pixels per image below which (or at a stride above 1) the weight gradient runs as
-/// one GEMM with `col(X)ᵀ` packed from the images ([`Im2colRows`]): there the explicit im2col
-/// matrices, their grouping and the transposes cost more than the GEMM (resnet18, 128², batch
-/// 8: the 4×4 layers 10 → 5.6 ms, the OCBE's 768-channel one 16 → 8.7 ms), while on larger maps
-/// with few output channels the packing's gather is the dearer part (32×32, 64 channels: 6 →
-/// 13 ms; 16×16, 128: 6.0 → 6.9 ms).
-const DIRECT_DW_BELOW_PIXELS: usize = 256;
+/// one GEMM with `col(X)ᵀ` packed from the images ([`Im2colRows`], 16 taps × 16 pixels
+/// transposed in registers): there the explicit im2col matrices, their grouping and the
+/// transposes cost more than the GEMM (batch 8, summed over a step's layers of one shape:
+/// resnet18 128² 16×16 maps of 128 channels 15.0–16.8 → 11.5–12.1 ms; wide_resnet50_2 128²
+/// 16×16 of 256 channels 54–56 → 44–46 ms), while on maps of 32×32 and more the explicit
+/// matrices' GEMM keeps its packed operand in the caches and wins (resnet18's 64 channels:
+/// 13.2–13.8 ms explicit against 15.0–16.3).
+const DIRECT_DW_BELOW_PIXELS: usize = 1024;
 
 /// Output pixels per image below which the input gradient runs as [`grad_input_direct`]: on the
 /// 4×4 maps reading `W` transposed dominates (resnet18, 128², batch 8: 9.6 → 5.4 ms per 512-channel
@@ -60,18 +62,21 @@ fn forward(g: &ConvGeom, x: &[f32], w: &[f32], out: &mut [f32]) {
             return;
         }
     }
-    out.fill(0.0);
     let mut buf = Vec::new();
+    let plain = Epilogue::default();
     for (bi, dst) in out.chunks_exact_mut(g.co * n).enumerate() {
         let img = &x[bi * g.in_len()..][..g.in_len()];
-        // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer).
+        // Packed straight from the image where the AVX-512 GEMM runs (no im2col buffer), and
+        // stored over `dst` (no zeroing pass before, no read of it in the first k block).
         let lhs = MatRef::rows(w, kd);
+        let shape = (g.co, n, kd);
         let packed = if g.pointwise() {
-            gemm::try_acc_from(dst, lhs, &Dense { data: img, n }, g.co, n, kd)
+            gemm::try_fused(dst, lhs, &Dense { data: img, n }, shape, &plain)
         } else {
-            gemm::try_acc_from(dst, lhs, &g.im2col_source(img), g.co, n, kd)
+            gemm::try_fused(dst, lhs, &g.im2col_source(img), shape, &plain)
         };
         if !packed {
+            dst.fill(0.0);
             buf.resize(if g.pointwise() { 0 } else { kd * n }, 0.0);
             let col = g.col(img, &mut buf);
             gemm_acc(dst, w, col, g.co, n, kd);

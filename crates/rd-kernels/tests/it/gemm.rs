@@ -194,6 +194,82 @@ fn im2col_source_matches_the_definition() {
     }
 }
 
+/// The transposed im2col of a batch, packed from the images, equals its definition for every
+/// panel: runs that cross output rows and images, padding on every side, strides 1 and 2,
+/// partial panels (fewer than 16 or 32 columns), and nothing written past a panel's columns.
+#[test]
+fn im2col_rows_source_matches_the_definition() {
+    use gemm::RhsSource;
+    // (images, channels, h, w, kernel, stride, pad)
+    for &(b, c, h, w, kernel, stride, pad) in &[
+        (2, 3, 5, 7, 3, 1, 1),
+        (3, 2, 8, 6, 3, 2, 1),
+        (2, 40, 4, 4, 3, 1, 1),
+        (2, 5, 9, 9, 1, 1, 0),
+        (1, 4, 18, 17, 3, 1, 1),
+        (2, 3, 20, 21, 3, 2, 1),
+        (2, 2, 3, 3, 3, 1, 1),
+        (1, 3, 9, 9, 3, 3, 1),
+    ] {
+        let in_len = c * h * w;
+        let mut x = vec![0f32; b * in_len];
+        fill(&mut x, (b * in_len + kernel) as u64);
+        let ho = (h + 2 * pad - kernel) / stride + 1;
+        let wo = (w + 2 * pad - kernel) / stride + 1;
+        let n = ho * wo;
+        let src = gemm::Im2colRows {
+            x: &x,
+            in_len,
+            hw: (h, w),
+            kernel,
+            stride,
+            pad,
+            wo,
+            n,
+        };
+        let (rows, cols) = (b * n, c * kernel * kernel);
+        let want = |r: usize, col: usize| {
+            let (img, q) = (r / n, r % n);
+            let (ch, ky, kx) = (
+                col / (kernel * kernel),
+                (col / kernel) % kernel,
+                col % kernel,
+            );
+            let iy = ((q / wo) * stride + ky) as isize - pad as isize;
+            let ix = ((q % wo) * stride + kx) as isize - pad as isize;
+            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                0.0
+            } else {
+                x[img * in_len + ch * h * w + iy as usize * w + ix as usize]
+            }
+        };
+        for j0 in (0..cols).step_by(5) {
+            for width in [1, 7, 16, 17, gemm::NR] {
+                let width = width.min(cols - j0);
+                for (p0, kc) in [(0, rows), (1, rows - 1), (rows / 3, rows / 2 + 1)] {
+                    let kc = kc.min(rows - p0);
+                    let mut panel = vec![f32::NAN; kc * gemm::NR];
+                    src.pack_panel(p0, kc, j0, width, &mut panel);
+                    for (i, row) in panel.chunks_exact(gemm::NR).enumerate() {
+                        for (j, &v) in row.iter().enumerate() {
+                            let what = format!(
+                                "{b}×{c}×{h}×{w} k{kernel} s{stride}: row {} column {}",
+                                p0 + i,
+                                j0 + j
+                            );
+                            if j < width {
+                                assert_eq!(v, want(p0 + i, j0 + j), "{what}");
+                            } else {
+                                assert!(v.is_nan(), "{what}: written past the panel's columns");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `try_fused` equals the accumulating GEMM followed by the epilogue, bit for bit, with
 /// one and several k blocks, every epilogue part, ragged edges and an empty k.
 #[test]

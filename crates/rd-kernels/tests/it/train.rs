@@ -49,14 +49,15 @@ fn conv2d_matches_candle() {
         (2, 6, 4, 11, 11, 3, 2, 1),
         // Under 64 output pixels the input gradient is dYᵀ·W and a pixel-major col2im (the
         // cases above), from 64 at stride 1 the forward convolution of dY with the flipped
-        // kernel, at stride 2 Wᵀ·dY and col2im; 256 and more at stride 1: the weight gradient
-        // from explicit im2col matrices (smaller maps and strided ones pack col(X)ᵀ straight
-        // from the images).
+        // kernel, at stride 2 Wᵀ·dY and col2im; 1024 and more at stride 1: the weight
+        // gradient from explicit im2col matrices (smaller maps and strided ones pack col(X)ᵀ
+        // straight from the images).
         (2, 3, 4, 17, 16, 3, 1, 1),
         (3, 4, 5, 16, 16, 1, 1, 0),
         // One image, and maps of 1024 pixels and more: the input gradient image by image.
         (1, 3, 4, 12, 12, 3, 1, 1),
         (2, 2, 3, 33, 32, 3, 1, 1),
+        (2, 3, 4, 32, 33, 1, 1, 0),
         (2, 3, 4, 20, 18, 3, 2, 1),
         (1, 3, 4, 20, 18, 3, 2, 1),
     ];
