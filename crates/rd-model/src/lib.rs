@@ -46,6 +46,7 @@ mod ocbe;
 pub mod predict;
 mod predictor;
 mod progress;
+mod teacher_cache;
 mod train;
 mod variant;
 

@@ -199,6 +199,29 @@ impl ReverseDistillation {
         Ok(())
     }
 
+    /// Checks `teacher` is what the teacher gives for one batch at the configured size: three
+    /// maps of the backbone's channels at strides 4, 8 and 16, with one batch size.
+    pub(crate) fn check_teacher_features(&self, teacher: &FeatureMaps) -> Result<()> {
+        let (h, w) = self.config.image_size;
+        let channels = self.config.backbone.feature_channels();
+        let batch = teacher.0[0].dims().first().copied().unwrap_or(0);
+        for (k, t) in teacher.0.iter().enumerate() {
+            let want = [batch, channels[k], h >> (k + 2), w >> (k + 2)];
+            if batch == 0 || t.dims() != want {
+                return Err(ModelError::Config(format!(
+                    "layer{} teacher features of a {h}x{w} {} model must be [images, {}, {}, {}]                      with the same number of images in all three maps, but got {:?}; pass what                      Teacher::forward gives for a batch of that size",
+                    k + 1,
+                    self.config.backbone,
+                    want[1],
+                    want[2],
+                    want[3],
+                    t.dims()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// All features of an ImageNet-normalised batch; `train` puts the student's BatchNorm in
     /// training mode (batch statistics, running statistics updated). The teacher is always frozen.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Features> {

@@ -164,10 +164,12 @@ impl Trainer {
         backprop: Backprop,
         mark: &mut dyn FnMut(StepPhase),
     ) -> Result<StepState> {
+        let teacher = self.teacher_features(x)?;
+        mark(StepPhase::Teacher);
         if backprop == Backprop::Graph || !Engine::supports(x) {
-            return self.graph_step(x, mark);
+            return self.graph_step(teacher, mark);
         }
-        let f = self.engine_forward(x, mark)?;
+        let f = self.engine_forward(teacher, mark)?;
         let student = self.model.student();
         let bottleneck = f.pass.bottleneck.to_tensor()?;
         let [c, b, a] = f.pass.features.each_ref().map(|s| s.to_tensor());
@@ -193,15 +195,31 @@ impl Trainer {
         })
     }
 
-    /// The engine's forward pass, the loss and its gradient for the student's features.
-    fn engine_forward(&self, x: &Tensor, mark: &mut dyn FnMut(StepPhase)) -> Result<EngineForward> {
+    /// The frozen teacher's features of an ImageNet-normalised batch at the model's size, as a
+    /// step computes them. The teacher never changes, so an image's features are the same in
+    /// every epoch and whatever batch it comes in (bit for bit): [`Trainer::step_from_teacher`]
+    /// can take them from an earlier epoch.
+    pub fn teacher_features(&self, x: &Tensor) -> Result<FeatureMaps> {
         self.model.check_batch(x)?;
-        let teacher = self.model.teacher().forward(x)?;
-        mark(StepPhase::Teacher);
+        let teacher = self.model.teacher();
+        Ok(if Engine::supports(x) {
+            rd_kernels::on_pool(|| teacher.forward(x))?
+        } else {
+            teacher.forward(x)?
+        })
+    }
+
+    /// The engine's forward pass, the loss and its gradient for the student's features.
+    fn engine_forward(
+        &self,
+        teacher: FeatureMaps,
+        mark: &mut dyn FnMut(StepPhase),
+    ) -> Result<EngineForward> {
         let pass = self.engine.forward(self.model.student(), &teacher)?;
         mark(StepPhase::StudentForward);
         let (terms, d) = self.engine.loss(&teacher, &pass)?;
-        let scalar = |v: f64| Tensor::new(v as f32, x.device());
+        let device = teacher.0[0].device().clone();
+        let scalar = |v: f64| Tensor::new(v as f32, &device);
         let loss = Loss {
             total: scalar(terms.iter().sum())?,
             terms: [scalar(terms[0])?, scalar(terms[1])?, scalar(terms[2])?],
@@ -226,14 +244,29 @@ impl Trainer {
         x: &Tensor,
         check: &mut (dyn FnMut(&Loss) -> Result<()> + Send),
     ) -> Result<Loss> {
-        if !Engine::supports(x) {
-            let state = self.compute(x)?;
+        let teacher = self.teacher_features(x)?;
+        self.step_from_teacher(teacher, check)
+    }
+
+    /// [`Trainer::step_checked`] from the teacher's features of the batch (see
+    /// [`Trainer::teacher_features`]) instead of its images: the same step, bit for bit, without
+    /// the teacher's forward pass. [`crate::Fit`] keeps the features of each training image
+    /// from its first epoch for the later ones. Fails for maps that are not the teacher's at
+    /// the model's size.
+    pub fn step_from_teacher(
+        &mut self,
+        teacher: FeatureMaps,
+        check: &mut (dyn FnMut(&Loss) -> Result<()> + Send),
+    ) -> Result<Loss> {
+        self.model.check_teacher_features(&teacher)?;
+        if !Engine::supports(&teacher.0[0]) {
+            let state = self.graph_step(teacher, &mut |_| {})?;
             check(&state.loss)?;
             self.apply(&state)?;
             return Ok(state.loss);
         }
         rd_kernels::on_pool(|| {
-            let f = self.engine_forward(x, &mut |_| {})?;
+            let f = self.engine_forward(teacher, &mut |_| {})?;
             check(&f.loss)?;
             let adam = &mut self.adam;
             let mut sink = |param: &Tensor, grad: &[f32]| adam.update_from_slice(param, grad);
@@ -249,10 +282,11 @@ impl Trainer {
         self.compute_marked(x, Backprop::Graph, &mut |_| {})
     }
 
-    fn graph_step(&self, x: &Tensor, mark: &mut dyn FnMut(StepPhase)) -> Result<StepState> {
-        self.model.check_batch(x)?;
-        let teacher = self.model.teacher().forward(x)?;
-        mark(StepPhase::Teacher);
+    fn graph_step(
+        &self,
+        teacher: FeatureMaps,
+        mark: &mut dyn FnMut(StepPhase),
+    ) -> Result<StepState> {
         let (bottleneck, student) = self.model.student().forward_t(&teacher, true)?;
         mark(StepPhase::StudentForward);
         let loss = crate::rd_loss(&teacher, &student)?;

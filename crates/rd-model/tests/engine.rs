@@ -14,7 +14,7 @@
 mod common;
 
 use candle_core::Tensor;
-use rd_backbone::Backbone;
+use rd_backbone::{Backbone, FeatureMaps};
 use rd_model::{AdamConfig, ReverseDistillation, StepState, Trainer};
 use rd_tests::noise;
 
@@ -191,6 +191,38 @@ fn fused_step_equals_compute_then_apply() {
         );
         assert_eq!(bits(&ta), bits(&tb), "optimiser state {na}");
     }
+}
+
+#[test]
+fn a_step_from_teacher_features_equals_a_step_from_images() {
+    let mut images = Trainer::new(model(Backbone::Resnet18, 64), AdamConfig::anomalib());
+    let mut features = Trainer::new(model(Backbone::Resnet18, 64), AdamConfig::anomalib());
+    for step in 0..2 {
+        let x = noise(&[2, 3, 64, 64], 70 + step, 2.0);
+        let a = images.step_checked(&x, &mut |_| Ok(())).unwrap();
+        let teacher = features.teacher_features(&x).unwrap();
+        let b = features
+            .step_from_teacher(teacher, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(bits(&a.total), bits(&b.total), "loss at step {step}");
+        common::assert_same_student(images.model(), features.model());
+    }
+    // Maps that are not the teacher's at this size are refused before anything runs.
+    let x = noise(&[2, 3, 64, 64], 1, 1.0);
+    let [l1, l2, l3] = features.teacher_features(&x).unwrap().0;
+    let before = common::student_tensors(features.model());
+    for wrong in [
+        [l1.narrow(0, 0, 1).unwrap(), l2.clone(), l3.clone()],
+        [l2.clone(), l2.clone(), l3.clone()],
+        [l1.clone(), l2.clone(), l2.clone()],
+    ] {
+        let err = features
+            .step_from_teacher(FeatureMaps(wrong), &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("teacher features"), "{err}");
+    }
+    assert_eq!(before, common::student_tensors(features.model()));
 }
 
 #[test]

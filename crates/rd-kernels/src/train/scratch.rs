@@ -81,3 +81,36 @@ pub(super) fn transpose_into(src: &[f32], rows: usize, cols: usize, out: &mut [f
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shape's transpose equals the definition: full and ragged 16 × 16 blocks, a single
+    /// row or column, and bands narrower than 16.
+    #[test]
+    fn transpose_into_matches_the_definition() {
+        for (rows, cols) in [
+            (16, 16),
+            (37, 53),
+            (1, 5),
+            (5, 1),
+            (100, 3),
+            (3, 100),
+            (33, 17),
+        ] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let mut out = vec![f32::NAN; rows * cols];
+            transpose_into(&src, rows, cols, &mut out);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        out[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}×{cols} at {i},{j}"
+                    );
+                }
+            }
+        }
+    }
+}
