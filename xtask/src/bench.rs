@@ -22,6 +22,9 @@ use rd_model::{
 };
 use serde_json::{json, Value};
 
+#[path = "bench_fit.rs"]
+mod bench_fit;
+
 const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
 
 /// Arguments of `cargo xtask bench`.
@@ -81,6 +84,17 @@ pub struct BenchArgs {
     /// backward, Adam; with the GEMM work of each, against the GEMM peak.
     #[arg(long)]
     pub phases: bool,
+    /// Only time whole training runs: `rd train` against anomalib's `Engine.fit` (with
+    /// --torch-python) on --fit-images synthetic good images of --size, --fit-epochs epochs of
+    /// batch 8, --rounds interleaved rounds per backbone.
+    #[arg(long)]
+    pub fit: bool,
+    /// Good training images for --fit.
+    #[arg(long, default_value_t = 412, value_name = "N")]
+    pub fit_images: usize,
+    /// Epochs for --fit.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub fit_epochs: usize,
     /// Internal: run one measurement in this process (`infer:BACKBONE:BATCH` or `train:…`).
     #[arg(long, hide = true)]
     pub worker: Option<String>,
@@ -333,7 +347,7 @@ fn phase_line(backbone: Backbone, phase: &str, t: f64, gflop: f64, peak: f64) ->
     )
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -396,7 +410,7 @@ impl Side {
     }
 }
 
-fn last_json_line(out: &[u8]) -> Result<Value> {
+pub(crate) fn last_json_line(out: &[u8]) -> Result<Value> {
     let s = String::from_utf8_lossy(out);
     let line = s
         .lines()
@@ -406,7 +420,7 @@ fn last_json_line(out: &[u8]) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn run_captured(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn run_captured(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
@@ -423,7 +437,7 @@ fn run_captured(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
 
 /// A Python command with BLAS/OpenMP threads pinned and the OpenBLAS core overrides removed (they
 /// slow a current numpy; they stay set for tests and CI, see the environment README).
-fn python(py: &Path, script: &Path, threads: usize) -> Command {
+pub(crate) fn python(py: &Path, script: &Path, threads: usize) -> Command {
     let mut c = Command::new(py);
     c.arg(script)
         .env_remove("OPENBLAS_CORETYPE")
@@ -434,7 +448,7 @@ fn python(py: &Path, script: &Path, threads: usize) -> Command {
 }
 
 /// Runs `cmd` under `/usr/bin/time`, returning (wall seconds, max RSS in KiB).
-fn time_process(mut cmd: Command, what: &str, tmp: &Path) -> Result<(f64, u64)> {
+pub(crate) fn time_process(mut cmd: Command, what: &str, tmp: &Path) -> Result<(f64, u64)> {
     let rss_file = tmp.join("rss.txt");
     let have_time = Path::new("/usr/bin/time").exists();
     let mut full = if have_time {
@@ -595,11 +609,16 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
         Some(rd) => rd.clone(),
         None => exe.with_file_name("rd"),
     };
-    let kinds = row_kinds(args)?;
     let tmp = std::env::temp_dir().join(format!("rd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let script = tmp.join("bench_torch.py");
     std::fs::write(&script, TORCH_SCRIPT)?;
+    if args.fit {
+        let done = bench_fit::fit_table(args, root, &rd, &script, &tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return done;
+    }
+    let kinds = row_kinds(args)?;
     let threads = args.threads;
     let py = args.torch_python.as_deref();
     let device = args.device.to_string();

@@ -7,6 +7,10 @@ Usage:
         -> writes the model's state dict (untimed setup for the start-up row)
     python bench_torch.py startup BACKBONE SIZE WEIGHTS IMAGE THREADS [DEVICE]
         -> imports anomalib, builds the model, loads WEIGHTS, scores IMAGE, prints the score
+    python bench_torch.py fit BACKBONE SIZE BATCH EPOCHS THREADS ROOT WORKDIR
+        -> anomalib's Engine.fit on the MVTec-layout category at ROOT (Folder datamodule, one
+           loader worker, validation every epoch as anomalib does); WORKDIR takes its files
+        -> {"fit_s": seconds in Engine.fit, "peak_rss_kb": N}
 
 DEVICE is torch's name (cpu, cuda, cuda:1, mps; default cpu). Every timed iteration ends by
 reading a number back to the host, which waits for the GPU, as our side does.
@@ -116,6 +120,48 @@ def startup(backbone: str, size: int, weights: str, image: str, device: str) -> 
     print(json.dumps({"score": float(out.pred_score.flatten()[0]), "peak_rss_kb": rss_kb()}))
 
 
+def fit(backbone: str, size: int, batch: int, epochs: int, root: str, workdir: str) -> None:
+    import os
+    import warnings
+
+    import torch
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import ReverseDistillation
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    defects = sorted(d for d in os.listdir(os.path.join(root, "test")) if d != "good")
+    datamodule = Folder(
+        name="bench",
+        root=root,
+        normal_dir="train/good",
+        abnormal_dir=[f"test/{d}" for d in defects],
+        normal_test_dir="test/good",
+        train_batch_size=batch,
+        eval_batch_size=batch,
+        num_workers=1,
+    )
+    model = ReverseDistillation(
+        backbone=backbone,
+        layers=["layer1", "layer2", "layer3"],
+        pre_trained=False,
+        pre_processor=ReverseDistillation.configure_pre_processor(image_size=(size, size)),
+        visualizer=False,
+    )
+    engine = Engine(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=workdir,
+    )
+    t0 = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    print(json.dumps({"fit_s": time.perf_counter() - t0, "peak_rss_kb": rss_kb()}))
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode in ("infer", "train"):
@@ -134,6 +180,12 @@ def main() -> None:
 
         torch.set_num_threads(int(threads))
         startup(backbone, int(size), weights, image, device)
+    elif mode == "fit":
+        backbone, size, batch, epochs, threads, root, workdir = sys.argv[2:9]
+        import torch
+
+        torch.set_num_threads(int(threads))
+        fit(backbone, int(size), int(batch), int(epochs), root, workdir)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
