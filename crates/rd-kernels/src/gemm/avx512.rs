@@ -326,7 +326,7 @@ mod imp {
         let (k, s, pad) = (src.kernel, src.stride, src.pad as isize);
         // The runs, and per run and kernel column the source offset and load masks.
         let mut runs = [Run::default(); NR];
-        let mut loads = [[(0isize, 0 as __mmask16, 0 as __mmask16); MAX_KERNEL]; NR];
+        let mut loads = [[(0isize, (0 as __mmask16, 0 as __mmask16)); MAX_KERNEL]; NR];
         let mut n_runs = 0;
         let mut off = 0;
         while off < w {
@@ -340,21 +340,17 @@ mod imp {
             };
             for (kx, load) in loads[n_runs][..k].iter_mut().enumerate() {
                 let x0 = (ox * s + kx) as isize - pad;
-                let span = (count * s) as isize;
-                let ma = lanes(-x0, wi as isize - x0) & lanes(0, span);
-                let mb = lanes(-x0 - 16, wi as isize - x0 - 16) & lanes(0, span - 16);
-                *load = (x0, ma, mb);
+                *load = (x0, segment_masks(x0, wi as isize, (count * s) as isize));
             }
             n_runs += 1;
             off += count;
         }
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let img = src.img.as_ptr();
         let dst = panel.as_mut_ptr();
         for (p, (c, ky, kx)) in kernel_taps(p0, k).take(kc).enumerate() {
             for (run, load) in runs[..n_runs].iter().zip(&loads[..n_runs]) {
                 let iy = (run.oy * s + ky) as isize - pad;
-                let (x0, ma, mb) = load[kx];
+                let (x0, masks) = load[kx];
                 let v = if iy < 0 || iy >= h as isize {
                     _mm512_setzero_ps()
                 } else {
@@ -363,17 +359,8 @@ mod imp {
                         .wrapping_add((c * h + iy as usize) * wi)
                         .wrapping_offset(x0);
                     // SAFETY: the masks keep every lane read at 0 ≤ x0 + lane < wi, inside row
-                    // iy (< h) of channel c (within the image: the caller's contract); masked-off
-                    // lanes are not read.
-                    unsafe {
-                        let a = _mm512_maskz_loadu_ps(ma, at);
-                        if s == 1 {
-                            a
-                        } else {
-                            let b = _mm512_maskz_loadu_ps(mb, at.wrapping_add(16));
-                            _mm512_permutex2var_ps(a, evens, b)
-                        }
-                    }
+                    // iy (< h) of channel c (within the image: the caller's contract).
+                    unsafe { load_segment(at, masks, s) }
                 };
                 // SAFETY: row p < kc of the panel holds NR floats (w for the last, and the run
                 // ends within w); the store mask keeps the run's lanes only.
@@ -406,7 +393,6 @@ mod imp {
             let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
             *tap = (c * h * wi, ky as isize - pad, kx as isize - pad);
         }
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let dst = panel.as_mut_ptr();
         let mut row = 0;
         while row < kc {
@@ -425,20 +411,10 @@ mod imp {
                     }
                     let x0 = (ox * s) as isize + dx;
                     let at = img.wrapping_add(off + iy as usize * wi).wrapping_offset(x0);
-                    let ma = lanes(-x0, wi as isize - x0) & lanes(0, span);
+                    let masks = segment_masks(x0, wi as isize, span);
                     // SAFETY: the masks keep every lane read at 0 ≤ x0 + lane < wi, inside row
-                    // iy (< h) of a channel of image b (the caller's contract); masked-off
-                    // lanes are not read.
-                    *v = unsafe {
-                        let a = _mm512_maskz_loadu_ps(ma, at);
-                        if s == 1 {
-                            a
-                        } else {
-                            let mb = lanes(-x0 - 16, wi as isize - x0 - 16) & lanes(0, span - 16);
-                            let b = _mm512_maskz_loadu_ps(mb, at.wrapping_add(16));
-                            _mm512_permutex2var_ps(a, evens, b)
-                        }
-                    };
+                    // iy (< h) of a channel of image b (the caller's contract).
+                    *v = unsafe { load_segment(at, masks, s) };
                 }
                 let rows = transpose16(v);
                 let keep = lanes(0, group as isize);
@@ -484,6 +460,41 @@ mod imp {
         out
     }
 
+    /// The masks of the two 16-lane loads at `x0` and `x0 + 16` of a segment of `span` source
+    /// values: the lanes inside `0 .. len` (the source row) and inside the segment.
+    fn segment_masks(x0: isize, len: isize, span: isize) -> (__mmask16, __mmask16) {
+        (
+            lanes(-x0, len - x0) & lanes(0, span),
+            lanes(-x0 - 16, len - x0 - 16) & lanes(0, span - 16),
+        )
+    }
+
+    /// Up to 16 values `at[t·stride]` (stride 1 or 2) through the masks of [`segment_masks`]:
+    /// one masked load, or for stride 2 two and the even lanes of both; masked-off lanes are 0.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; every lane the masks let through is readable at `at` (first
+    /// mask) and `at + 16` (second); masked-off lanes are not read.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_segment(
+        at: *const f32,
+        (ma, mb): (__mmask16, __mmask16),
+        stride: usize,
+    ) -> __m512 {
+        // SAFETY: the caller's contract.
+        let a = unsafe { _mm512_maskz_loadu_ps(ma, at) };
+        if stride == 1 {
+            return a;
+        }
+        // Even lanes of a ‖ b: the stride-2 samples of 32 consecutive values.
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // SAFETY: the caller's contract.
+        let b = unsafe { _mm512_maskz_loadu_ps(mb, at.wrapping_add(16)) };
+        _mm512_permutex2var_ps(a, evens, b)
+    }
+
     /// The lanes `lo ..< hi` of 16, clamped to the vector.
     fn lanes(lo: isize, hi: isize) -> __mmask16 {
         let lo = lo.clamp(0, 16);
@@ -500,29 +511,14 @@ mod imp {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gather_segment(dst: &mut [f32], src: &[f32], x0: isize, stride: usize) {
         let len = src.len() as isize;
-        let at = |i: isize| src.as_ptr().wrapping_offset(i);
-        // Even lanes of a ‖ b: the stride-2 samples of 32 consecutive values.
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         for t0 in (0..dst.len()).step_by(16) {
             let count = (dst.len() - t0).min(16) as isize;
             let s0 = x0 + (t0 * stride) as isize;
-            // SAFETY: every lane a mask lets through lies inside `src` (lanes(−s, len − s) keeps
-            // 0 ≤ s + lane < len) or, for the store, inside `dst` (t0 + lane < dst.len());
-            // masked-off lanes are neither read nor written, so the wrapped pointers may point
-            // anywhere.
-            let v = unsafe {
-                if stride == 1 {
-                    let m = lanes(-s0, len - s0) & lanes(0, count);
-                    _mm512_maskz_loadu_ps(m, at(s0))
-                } else {
-                    let s1 = s0 + 16;
-                    let ma = lanes(-s0, len - s0) & lanes(0, 2 * count);
-                    let mb = lanes(-s1, len - s1) & lanes(0, 2 * count - 16);
-                    let a = _mm512_maskz_loadu_ps(ma, at(s0));
-                    let b = _mm512_maskz_loadu_ps(mb, at(s1));
-                    _mm512_permutex2var_ps(a, evens, b)
-                }
-            };
+            let masks = segment_masks(s0, len, count * stride as isize);
+            // SAFETY: every lane the masks let through lies inside `src`, and for the store
+            // inside `dst` (t0 + lane < dst.len()); masked-off lanes are neither read nor
+            // written, so the wrapped pointer may point anywhere.
+            let v = unsafe { load_segment(src.as_ptr().wrapping_offset(s0), masks, stride) };
             // SAFETY: as above, the store mask keeps t0 + lane < dst.len().
             unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(t0), lanes(0, count), v) };
         }
