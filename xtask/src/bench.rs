@@ -22,9 +22,6 @@ use rd_model::{
 };
 use serde_json::{json, Value};
 
-#[path = "bench_fit.rs"]
-mod bench_fit;
-
 const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
 
 /// Arguments of `cargo xtask bench`.
@@ -614,7 +611,7 @@ fn orchestrate(args: &BenchArgs, root: &Path) -> Result<()> {
     let script = tmp.join("bench_torch.py");
     std::fs::write(&script, TORCH_SCRIPT)?;
     if args.fit {
-        let done = bench_fit::fit_table(args, root, &rd, &script, &tmp);
+        let done = crate::bench_fit::fit_table(args, root, &rd, &script, &tmp);
         let _ = std::fs::remove_dir_all(&tmp);
         return done;
     }

@@ -16,7 +16,7 @@ use rd_backbone::Backbone;
 use rd_dataset::synthetic::{generate, SyntheticCategory, SyntheticConfig};
 use serde_json::Value;
 
-use super::{last_json_line, median, python, run_captured, time_process, BenchArgs};
+use crate::bench::{last_json_line, median, python, run_captured, time_process, BenchArgs};
 
 /// Images per training step (the recipe and anomalib's example).
 const BATCH: usize = 8;
@@ -33,7 +33,7 @@ struct Runs {
 }
 
 /// Runs the comparison and prints its table (one row per backbone).
-pub(super) fn fit_table(
+pub(crate) fn fit_table(
     args: &BenchArgs,
     root: &Path,
     rd: &Path,
@@ -75,8 +75,18 @@ pub(super) fn fit_table(
             .with_context(|| format!("unknown backbone {backbone}"))?;
         let (mut ours, mut theirs) = (Runs::default(), Runs::default());
         for round in 0..args.rounds {
+            eprintln!(
+                "  round {}/{}: rd train ({backbone})…",
+                round + 1,
+                args.rounds
+            );
             ours_round(args, rd, &data, backbone, tmp, &mut ours)?;
             if let Some(py) = py {
+                eprintln!(
+                    "  round {}/{}: anomalib's Engine.fit ({backbone}, its progress bar off)…",
+                    round + 1,
+                    args.rounds
+                );
                 let workdir = tmp.join("anomalib-fit");
                 let mut c = python(py, script, args.threads);
                 c.arg("fit")
@@ -145,7 +155,7 @@ fn ours_round(
     let _ = std::fs::remove_file(&log);
     let mut c = Command::new(rd);
     c.env("RAYON_NUM_THREADS", args.threads.to_string())
-        .args(["train", "-q", "--data"])
+        .args(["train", "--data"])
         .arg(data)
         .args([
             "--category",

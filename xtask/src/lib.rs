@@ -2,6 +2,7 @@
 //! dispatcher and the integration tests in `xtask/tests/` can call the subcommands directly.
 
 pub mod bench;
+mod bench_fit;
 pub mod cuda_toolkit;
 pub mod download;
 pub mod eval;
