@@ -48,6 +48,7 @@ impl TeacherCache {
             .filter(|&i| !self.maps.contains_key(&paths[i]))
             .collect();
         if missing.len() == images {
+            // Nothing kept (every image's first epoch): the batch's own pass, no gather.
             let fresh = trainer.teacher_features(x)?;
             self.keep(&fresh, &missing, paths)?;
             return Ok(fresh);
